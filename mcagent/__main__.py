@@ -1,0 +1,3 @@
+from mcagent.cli import main
+
+main()

@@ -1,0 +1,129 @@
+"""`mcagent` commands: thin typer wrappers that parse, call the library and render."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ingest.errors import IngestError
+from mcagent import render
+from mcagent.config import ConfigError, Settings, load_settings
+from megacontext.adapter import BaseModel, load_base_model
+from megacontext.errors import MegaContextError
+from megacontext.gist import default_gist_model
+from megacontext.indexer import index_repository, pending_changes
+from megacontext.store import Store, db_path
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="A coding agent whose memory of a repository is a MegaContext.")
+out = Console()
+err = Console(stderr=True)
+
+PathArg = Annotated[Path, typer.Argument(help="Repository root (default: current folder).")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="Base model: a local Hugging Face folder or hub id (default: SmolLM2).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON report on stdout.")]
+
+
+@app.command()
+def index(
+    path: PathArg = Path("."),
+    model: ModelOpt = None,
+    max_file_bytes: Annotated[int | None, typer.Option(
+        help="Skip files larger than this many bytes (default 1,000,000).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index the repository into .mcagent/index.duckdb (incrementally)."""
+    with _user_errors():
+        settings = _settings(path, model=model, max_file_bytes=max_file_bytes)
+        base = _load_model(settings)
+        with _progress() as progress:
+            report = index_repository(settings.root, base, default_gist_model(base.token_norm),
+                                      settings.index, progress)
+    if report.created:
+        err.print("Created .mcagent/ for the index; it ignores itself in git "
+                  "(.mcagent/.gitignore).")
+    if as_json:
+        print(json.dumps(render.index_json(report), indent=2))
+    else:
+        render.index_report(out, report)
+
+
+@app.command()
+def status(path: PathArg = Path("."), as_json: JsonOpt = False) -> None:
+    """Show what the index holds and which files changed since it was built."""
+    with _user_errors():
+        settings = _settings(path)
+        with Store.open(db_path(settings.root), read_only=True) as store:
+            meta = store.meta()
+            report = {
+                "database": str(db_path(settings.root)),
+                "base_model": meta.get("base_model", "?"),
+                "gist_model": _gist_label(meta.get("gist_model", "?")),
+                "index": store.summary(),
+                "last_run": store.last_run(),
+                "changes": render.changes_json(pending_changes(settings.root, store,
+                                                               settings.index)),
+            }
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        render.status_report(out, report)
+
+
+def main() -> None:
+    app()
+
+
+def _settings(path: Path, **flags: object) -> Settings:
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not a directory: pass the repository's root folder")
+    return load_settings(path.resolve(), **flags)
+
+
+def _load_model(settings: Settings) -> BaseModel:
+    with err.status("Loading the base model (the first run converts it once, ≈30 s)…"):
+        return load_base_model(settings.model)
+
+
+def _gist_label(gist_id: str) -> str:
+    return f"{gist_id} (baseline, untrained)" if gist_id.startswith("meanpool") else gist_id
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Expected failures become one line on stderr and exit code 1; Ctrl-C exits 130."""
+    try:
+        yield
+    except (IngestError, MegaContextError, ConfigError) as e:
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: nothing was written")
+        raise typer.Exit(130) from None
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator:
+    """A progress bar per stage on stderr; yields the callback the library reports to."""
+    bars = Progress(TextColumn("{task.description:>16}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=True,
+                    disable=not sys.stderr.isatty())
+    tasks: dict[str, int] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(stage, total=total)
+        bars.update(tasks[stage], completed=done, total=total)
+
+    with bars:
+        yield report
