@@ -167,9 +167,9 @@ def definition_name(node: ts.Node, language: str) -> str | None:
         return _text(_declarator_name(node.child_by_field_name("declarator")))
     if t == "function_definition" and language in ("c", "cpp"):
         return _text(_declarator_name(node.child_by_field_name("declarator")))
-    if t in ("struct_specifier", "union_specifier", "enum_specifier", "class_specifier"):
-        if node.child_by_field_name("body") is None:
-            return None  # a use of the type (`struct point p;`), not its definition
+    if t in ("struct_specifier", "union_specifier", "enum_specifier", "class_specifier") \
+            and node.child_by_field_name("body") is None:
+        return None  # a use of the type (`struct point p;`), not its definition
     return _text(node.child_by_field_name("name"))
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
+import stat
 import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import git
 import pathspec
@@ -203,44 +205,50 @@ def _ignored(specs: list[tuple[str, pathspec.PathSpec]], rel: str) -> bool:
 
 def _venv_dirs(root: Path, paths: list[str]) -> frozenset[str]:
     """Folders named like a virtual environment that really hold one (a `pyvenv.cfg`)."""
-    found = set()
+    found, checked = set(), set()
     for rel in paths:
         parts = rel.split("/")
         for i, part in enumerate(parts[:-1]):
             if part in MAYBE_VENV_DIRS:
                 folder = "/".join(parts[: i + 1])
-                if folder not in found and (root / folder / "pyvenv.cfg").is_file():
-                    found.add(folder)
+                if folder not in checked:
+                    checked.add(folder)
+                    if (root / folder / "pyvenv.cfg").is_file():
+                        found.add(folder)
     return frozenset(found)
 
 
+_SECRET_RE = re.compile("|".join(fnmatch.translate(p) for p in SECRET_PATTERNS))
+_GENERATED_RE = re.compile("|".join(fnmatch.translate(p) for p in GENERATED_PATTERNS))
+
+
 def _path_rule(rel: str, venvs: frozenset[str] = frozenset()) -> str | None:
-    parts = PurePosixPath(rel).parts
-    if any(p in NEVER_DIRS for p in parts[:-1]):
+    parts = rel.split("/")
+    folders = parts[:-1]
+    if not NEVER_DIRS.isdisjoint(folders):
         return _NEVER
-    if any(p in VENDORED_DIRS or p.endswith(".egg-info") for p in parts[:-1]):
+    if not VENDORED_DIRS.isdisjoint(folders) or any(p.endswith(".egg-info") for p in folders):
         return Skip.VENDORED
-    if venvs and any("/".join(parts[: i + 1]) in venvs for i in range(len(parts) - 1)):
+    if venvs and any("/".join(parts[: i + 1]) in venvs for i in range(len(folders))):
         return Skip.VENDORED
-    name = parts[-1]
-    if any(fnmatch.fnmatchcase(name, pat) for pat in SECRET_PATTERNS):
+    if _SECRET_RE.match(parts[-1]):
         return Skip.SECRET
-    if any(fnmatch.fnmatchcase(name, pat) for pat in GENERATED_PATTERNS):
+    if _GENERATED_RE.match(parts[-1]):
         return Skip.MINIFIED
     return None
 
 
 def _stat_rule(root: Path, rel: str, config: WalkConfig) -> tuple[str | None, FileEntry | None]:
-    path = root / rel
-    if path.is_symlink():
-        target = path.resolve()
-        if not target.is_relative_to(root):
-            return Skip.SYMLINK, None
+    path = f"{root}/{rel}"
     try:
-        st = path.stat()
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            if not Path(os.path.realpath(path)).is_relative_to(root):
+                return Skip.SYMLINK, None
+            st = os.stat(path)
     except OSError:
         return Skip.MISSING, None  # tracked but deleted from the work tree, or a dangling link
-    if not os.path.isfile(path):
+    if not stat.S_ISREG(st.st_mode):
         return Skip.MISSING, None  # a submodule or a special file
     if st.st_size > config.max_file_bytes:
         return Skip.TOO_LARGE, None

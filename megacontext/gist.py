@@ -40,7 +40,7 @@ class MeanPoolGist:
     def __call__(
         self, children: torch.Tensor, mask: torch.Tensor, level: torch.Tensor
     ) -> torch.Tensor:
-        B, K, D = children.shape
+        B, K, _ = children.shape
         assert mask.shape == (B, K), f"mask {tuple(mask.shape)} != {(B, K)}"
         assert K <= MAX_CHILDREN, f"{K} children > {MAX_CHILDREN}"
         assert bool(mask.any(dim=1).all()), "every group needs at least one real child"

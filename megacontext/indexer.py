@@ -22,7 +22,7 @@ import torch
 
 from ingest.chunk import chunk_file, module_path
 from ingest.languages import language_of
-from ingest.walk import FileEntry, WalkConfig, decode, list_files, read_file
+from ingest.walk import FileEntry, WalkConfig, WalkResult, decode, list_files, read_file
 from megacontext.adapter import BaseModel
 from megacontext.errors import NothingToIndex
 from megacontext.gist import MAX_CHILDREN, GistModel
@@ -45,8 +45,8 @@ INDEXED = "indexed"
 class IndexConfig:
     """How a repository is indexed."""
 
-    walk: WalkConfig = WalkConfig()
-    tree: TreeConfig = TreeConfig()
+    walk: WalkConfig = field(default_factory=WalkConfig)
+    tree: TreeConfig = field(default_factory=TreeConfig)
     files_per_batch: int = 256  # files tokenized together (the tokenizer runs them in parallel)
     gists_per_batch: int = 1024  # groups compressed in one gist-model call
 
@@ -88,10 +88,8 @@ def index_repository(root: Path, model: BaseModel, gist_model: GistModel,
     created = not (Path(root) / DB_FOLDER).exists()
     try:
         with Store.open(db_path(root)) as store:
-            report = _index(Path(root), walk, store, model, gist_model, config, progress)
-            report.seconds = time.perf_counter() - started
-            store.record_run(report.seconds, report.new, report.changed, report.deleted,
-                             report.unchanged, report.tokens_processed, report.gists_computed)
+            report = _index(Path(root), walk, store, model, gist_model, config, progress,
+                            started)
     except BaseException:
         if created:
             shutil.rmtree(Path(root) / DB_FOLDER, ignore_errors=True)  # nothing half-written
@@ -102,29 +100,50 @@ def index_repository(root: Path, model: BaseModel, gist_model: GistModel,
     return report
 
 
-def _index(root: Path, walk, store: Store, model: BaseModel, gist_model: GistModel,
-           config: IndexConfig, progress: Progress) -> IndexReport:
+def _index(root: Path, walk: WalkResult, store: Store, model: BaseModel,
+           gist_model: GistModel, config: IndexConfig, progress: Progress, started: float
+           ) -> IndexReport:
     plan = _plan(root, walk, store, model, gist_model, config, progress)
+    plan.root, plan.started = root, started
     trees = _build_trees(plan, model, config, progress)
     if not plan.indexed_after():
         raise NothingToIndex(_nothing_message(root, Counter(plan.statuses().values())))
-    bank = _GistBank(store, model, gist_model, config)
-    file_rows, node_tables = _file_nodes(plan, trees, bank, progress)
-    dirs = _dir_nodes(plan, trees, store, bank, config)
-    stale = store.node_gist_keys(plan.replaced_ids())
+    bank, work = _GistBank(store, model, gist_model, config), _Gisting()
+    keys = _file_keys(trees, bank, work)
+    dirs = _dir_nodes(plan, trees, store, bank, config, work)
+    old = set(store.node_gist_keys(plan.replaced_ids())) | set(dirs.old_keys) | {
+        r.root_gist for r in plan.previous.values() if r.root_gist is not None}
+    _gist_all(work, bank, old, progress)
+    meta = {"base_model": model.id, "gist_model": gist_model.id, "gist_dim": str(model.dim)}
+    return _write(store, plan, trees, keys, dirs, bank, old - set(work.keys), meta)
+
+
+def _write(store: Store, plan: _Plan, trees: dict[str, FileTree], keys: dict[str, list[bytes]],
+           dirs: _DirNodes, bank: _GistBank, unused: set[bytes], meta: dict[str, str]
+           ) -> IndexReport:
+    """Replace the changed files' rows, tokens and nodes, add the new gists, rebuild the
+    directory nodes and record the run: one transaction."""
+    for p, t in trees.items():
+        plan.rows[p] |= {"n_tokens": len(t.tokens), "root_id": plan.ids[p] << LOCAL_BITS | t.root,
+                         "root_level": int(t.level[-1]), "root_hash": t.hash[-1],
+                         "root_gist": keys[p][-1]}
     with store.transaction():
         store.delete_files(plan.replaced_ids(), [plan.ids[p] for p in plan.touched])
-        store.write_files(file_rows)
+        store.write_files(pa.Table.from_pylist(list(plan.rows.values()), schema=_FILES_SCHEMA))
         store.write_tokens([plan.ids[p] for p in trees], [t.tokens for t in trees.values()])
-        for table in node_tables:
-            store.write_nodes(table)
-        computed = store.write_gists(*bank.new_items())
+        for p, t in trees.items():
+            store.write_nodes(_node_table(plan.ids[p], t, keys[p]))
+        computed = store.write_gists(*bank.new_items(blocks=True), blocks=True)
+        computed += store.write_gists(*bank.new_items(blocks=False), blocks=False)
         store.replace_dir_nodes(dirs.table)
         store.set_parents(dirs.root_ids, dirs.root_parents)
-        store.collect_gists(stale + dirs.old_keys)
-        store.set_meta({"base_model": model.id, "gist_model": gist_model.id,
-                        "gist_dim": str(model.dim)})
-    return _report(root, store, plan, trees, computed)
+        store.collect_gists(list(unused))  # queued; deleted in batches once unreferenced
+        store.set_meta(meta)
+        report = _report(plan.root, store, plan, trees, computed)
+        report.seconds = time.perf_counter() - plan.started
+        store.record_run(report.seconds, report.new, report.changed, report.deleted,
+                         report.unchanged, report.tokens_processed, report.gists_computed)
+    return report
 
 
 # ---------------------------------------------------------------- 1. plan
@@ -135,6 +154,8 @@ class _Plan:
     """Per path: what the last run recorded, what is there now, and what to do."""
 
     previous: dict[str, FileRecord]
+    root: Path = Path(".")
+    started: float = 0.0  # perf_counter at the start of the run
     ids: dict[str, int] = field(default_factory=dict)  # path -> file_id (stable)
     rows: dict[str, dict] = field(default_factory=dict)  # files-table rows to (re)write
     texts: dict[str, str] = field(default_factory=dict)  # files to (re)build
@@ -161,7 +182,7 @@ class _Plan:
         return [p for p, s in self.statuses().items() if s == INDEXED]
 
 
-def _plan(root: Path, walk, store: Store, model: BaseModel, gist_model: GistModel,
+def _plan(root: Path, walk: WalkResult, store: Store, model: BaseModel, gist_model: GistModel,
           config: IndexConfig, progress: Progress) -> _Plan:
     previous = store.files()
     meta = store.meta()
@@ -202,7 +223,9 @@ def _plan_file(root: Path, entry: FileEntry, plan: _Plan, rebuild: bool,
     if old is not None and old.hash == digest and not (rebuild and old.status == INDEXED):
         plan.unchanged.append(entry.path)  # touched, not changed: remember the new mtime
         plan.touched.add(entry.path)
-        plan.rows[entry.path] = row | {"n_tokens": old.n_tokens, "root_id": old.root_id}
+        plan.rows[entry.path] = row | {
+            "n_tokens": old.n_tokens, "root_id": old.root_id, "root_level": old.root_level,
+            "root_hash": old.root_hash, "root_gist": old.root_gist}
         return
     plan.rows[entry.path] = row
     if old is None:
@@ -220,7 +243,7 @@ def _row(file_id: int, path: str, status: str, entry: FileEntry | None = None,
         "size": entry.size if entry else None, "mtime_ns": entry.mtime_ns if entry else None,
         "hash": digest, "n_tokens": 0,
         "n_lines": text.count("\n") + (not text.endswith("\n")) if text else 0,
-        "root_id": None,
+        "root_id": None, "root_level": None, "root_hash": None, "root_gist": None,
     }
 
 
@@ -254,53 +277,64 @@ def _build_trees(plan: _Plan, model: BaseModel, config: IndexConfig, progress: P
 
 
 class _GistBank:
-    """Gists by key: those computed this run, and those already stored (fetched on demand)."""
+    """Gists by key: stored ones (fetched only where a new parent needs them) and new ones.
+
+    Keys are content addresses, so which nodes need a new gist is known before any is
+    computed: one query finds the keys that exist, a second fetches the stored children of
+    the nodes that are missing, and the rest is computed bottom-up in batches.
+    """
 
     def __init__(self, store: Store, model: BaseModel, gist_model: GistModel,
                  config: IndexConfig) -> None:
         self.store, self.model, self.gist_model, self.config = store, model, gist_model, config
+        self.existing: set[bytes] = set()
+        self.stored: dict[bytes, np.ndarray] = {}
         self.new: dict[bytes, np.ndarray] = {}
-        self.known: set[bytes] = set()
+        self.block_keys: set[bytes] = set()
 
     def key(self, content_hash: bytes, level: int) -> bytes:
+        """hash(content, level, gist model, base model): the address of a node's gist."""
         salt = f"{level}|{self.gist_model.id}|{self.model.id}".encode()
         return hashlib.blake2b(content_hash + salt, digest_size=16).digest()
 
-    def learn_existing(self, keys: list[bytes]) -> None:
-        self.known |= self.store.existing_gist_keys(list(set(keys) - self.known))
-
-    def missing(self, keys: list[bytes]) -> list[int]:
-        """Positions of keys that have no gist yet (first occurrence only)."""
-        seen, out = set(), []
-        for i, k in enumerate(keys):
-            if k not in self.known and k not in self.new and k not in seen:
+    def prepare(self, work: _Gisting, old_keys: set[bytes]) -> list[int]:
+        """Positions in `work` to compute: missing gists (first occurrence each), and the
+        stored blocks that a missing parent needs (recomputed from tokens, not rewritten).
+        Fetches the stored node gists the missing parents need. `old_keys` are keys the
+        replaced nodes used: they exist, so only the others are looked up."""
+        everything = set(work.keys).union(*work.child_keys)  # dirs point at stored file roots
+        unsure = everything - old_keys
+        self.existing = (everything & old_keys) | self.store.existing_gist_keys(list(unsure))
+        todo, seen = [], set()
+        for i, k in enumerate(work.keys):
+            if k not in self.existing and k not in seen:
                 seen.add(k)
-                out.append(i)
-        return out
+                todo.append(i)
+        needed = {c for i in todo for c in work.child_keys[i] if c in self.existing}
+        for i, k in enumerate(work.keys):
+            if work.levels[i] == 1 and k in needed and k not in seen:
+                seen.add(k)
+                todo.append(i)
+        blocks = {work.keys[i] for i in todo if work.levels[i] == 1}
+        self.block_keys = blocks
+        self.stored = self.store.gist_vectors(list(needed - blocks), self.model.dim)
+        return todo
 
-    def vectors(self, keys: list[bytes]) -> np.ndarray:
-        """(N, D) float16 vectors of keys computed this run or stored."""
-        fetch = [k for k in set(keys) if k not in self.new]
-        stored = self.store.gist_vectors(fetch, self.model.dim)
-        return np.stack([self.new[k] if k in self.new else stored[k] for k in keys])
-
-    def compute(self, keys: list[bytes], children: list, level: int, from_tokens: bool) -> None:
+    def compute(self, keys: list[bytes], groups: list, level: int, from_tokens: bool) -> None:
         """Gist each group of children (token ids at level 1, else child gist keys)."""
         B = self.config.gists_per_batch
         for lo in range(0, len(keys), B):
-            groups = children[lo : lo + B]
-            x, mask = self._tokens(groups) if from_tokens else self._gists(groups)
-            levels = torch.full((len(groups),), level, dtype=torch.long)
+            batch = groups[lo : lo + B]
+            x, mask = self._tokens(batch) if from_tokens else self._gists(batch)
+            levels = torch.full((len(batch),), level, dtype=torch.long)
             with torch.no_grad():
                 out = self.gist_model(x, mask, levels).to(torch.float16).numpy()
             for k, v in zip(keys[lo : lo + B], out, strict=True):
-                self.new[k] = v
+                (self.stored if k in self.existing else self.new)[k] = v
 
     def _tokens(self, groups: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K, D) token embeddings of each group, zero-padded, and the (B, K) mask."""
-        lengths = np.array([len(g) for g in groups])
-        mask = np.arange(lengths.max())[None, :] < lengths[:, None]
-        assert mask.shape[1] <= MAX_CHILDREN, f"a block of {mask.shape[1]} tokens"
+        mask = _mask([len(g) for g in groups])
         ids = np.zeros(mask.shape, np.int64)
         ids[mask] = np.concatenate(groups)
         mask_t = torch.from_numpy(mask)
@@ -308,44 +342,71 @@ class _GistBank:
 
     def _gists(self, groups: list[list[bytes]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K, D) child gists of each group, zero-padded, and the (B, K) mask."""
-        flat = [k for g in groups for k in g]
-        vectors = torch.from_numpy(self.vectors(flat).astype(np.float32))
-        lengths = np.array([len(g) for g in groups])
-        mask = np.arange(lengths.max())[None, :] < lengths[:, None]
-        assert mask.shape[1] <= MAX_CHILDREN, f"a group of {mask.shape[1]} children"
+        mask = _mask([len(g) for g in groups])
+        flat = np.stack([self.new[k] if k in self.new else self.stored[k]
+                         for g in groups for k in g])
         x = torch.zeros(*mask.shape, self.model.dim)
-        x[torch.from_numpy(mask)] = vectors
+        x[torch.from_numpy(mask)] = torch.from_numpy(flat.astype(np.float32))
         return x, torch.from_numpy(mask)
 
-    def new_items(self) -> tuple[list[bytes], np.ndarray]:
-        keys = list(self.new)
+    def new_items(self, blocks: bool) -> tuple[list[bytes], np.ndarray]:
+        """New gists of blocks (level 1) or of nodes (levels ≥ 2), to write."""
+        keys = [k for k in self.new if (k in self.block_keys) == blocks]
         vecs = np.stack([self.new[k] for k in keys]) if keys else np.zeros((0, self.model.dim))
         return keys, vecs.astype(np.float16)
 
 
-def _file_nodes(plan: _Plan, trees: dict[str, FileTree], bank: _GistBank,
-                progress: Progress) -> tuple[pa.Table, list[pa.Table]]:
-    """Gist every node of the rebuilt files, bottom-up, and lay out their table rows."""
-    keys = {p: [bank.key(h, int(lv)) for h, lv in zip(t.hash, t.level, strict=True)]
-            for p, t in trees.items()}
-    bank.learn_existing([k for ks in keys.values() for k in ks])
-    top = max((int(t.level.max()) for t in trees.values()), default=0)
-    for level in range(1, top + 1):
-        level_keys, groups = [], []
-        for p, t in trees.items():
-            for i in np.flatnonzero(t.level == level):
-                level_keys.append(keys[p][i])
-                groups.append(t.tokens[t.tok_start[i] : t.tok_end[i]] if level == 1 else
-                              keys[p][t.child_lo[i] : t.child_hi[i]])
-        todo = bank.missing(level_keys)
-        bank.compute([level_keys[i] for i in todo], [groups[i] for i in todo], level,
-                     from_tokens=level == 1)
-        progress("gist", level, top)
+def _mask(lengths: list[int]) -> np.ndarray:
+    """(B, K) bool: True for the real children of each padded group."""
+    lengths_a = np.asarray(lengths)
+    K = int(lengths_a.max())
+    assert K <= MAX_CHILDREN, f"a group of {K} children"
+    return np.arange(K)[None, :] < lengths_a[:, None]
+
+
+@dataclass
+class _Gisting:
+    """Every node this run writes (file nodes of rebuilt files, then directory nodes), as
+    parallel lists in bottom-up order per part."""
+
+    keys: list[bytes] = field(default_factory=list)
+    levels: list[int] = field(default_factory=list)
+    groups: list = field(default_factory=list)  # token ids (blocks) or child gist keys
+    child_keys: list[list[bytes]] = field(default_factory=list)
+
+    def add(self, key: bytes, level: int, group: object, child_keys: list[bytes]) -> None:
+        self.keys.append(key)
+        self.levels.append(level)
+        self.groups.append(group)
+        self.child_keys.append(child_keys)
+
+
+def _gist_all(work: _Gisting, bank: _GistBank, old_keys: set[bytes], progress: Progress
+              ) -> None:
+    """Compute the missing gists level by level (children always come first)."""
+    todo = bank.prepare(work, old_keys)
+    levels = sorted({work.levels[i] for i in todo})
+    for done, level in enumerate(levels, 1):
+        at = [i for i in todo if work.levels[i] == level]
+        bank.compute([work.keys[i] for i in at], [work.groups[i] for i in at], level,
+                     from_tokens=level == 1 and not work.child_keys[at[0]])
+        progress("gist", done, len(levels))
+
+
+def _file_keys(trees: dict[str, FileTree], bank: _GistBank, work: _Gisting
+               ) -> dict[str, list[bytes]]:
+    """Gist keys of every node of the rebuilt files; queues each node in `work`."""
+    keys = {}
     for p, t in trees.items():
-        plan.rows[p]["n_tokens"] = len(t.tokens)
-        plan.rows[p]["root_id"] = plan.ids[p] << LOCAL_BITS | t.root
-    tables = [_node_table(plan.ids[p], t, keys[p]) for p, t in trees.items()]
-    return pa.Table.from_pylist(list(plan.rows.values()), schema=_FILES_SCHEMA), tables
+        ks = [bank.key(h, int(lv)) for h, lv in zip(t.hash, t.level, strict=True)]
+        for i, k in enumerate(ks):
+            if t.child_lo[i] < 0:
+                work.add(k, 1, t.tokens[t.tok_start[i] : t.tok_end[i]], [])
+            else:
+                work.add(k, int(t.level[i]), ks[t.child_lo[i] : t.child_hi[i]],
+                         ks[t.child_lo[i] : t.child_hi[i]])
+        keys[p] = ks
+    return keys
 
 
 def _node_table(file_id: int, t: FileTree, keys: list[bytes]) -> pa.Table:
@@ -368,7 +429,8 @@ _FILES_SCHEMA = pa.schema([
     ("file_id", pa.int64()), ("path", pa.string()), ("status", pa.string()),
     ("language", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
     ("hash", pa.binary(16)), ("n_tokens", pa.int32()), ("n_lines", pa.int32()),
-    ("root_id", pa.int64()),
+    ("root_id", pa.int64()), ("root_level", pa.int8()), ("root_hash", pa.binary(16)),
+    ("root_gist", pa.binary(16)),
 ])
 
 
@@ -384,11 +446,11 @@ class _DirNodes:
 
 
 def _dir_nodes(plan: _Plan, trees: dict[str, FileTree], store: Store, bank: _GistBank,
-               config: IndexConfig) -> _DirNodes:
-    """Rebuild the directory nodes over every indexed file's root; gist the new ones."""
+               config: IndexConfig, work: _Gisting) -> _DirNodes:
+    """Rebuild the directory nodes over every indexed file's root; queues them in `work`."""
     replaced = set(plan.replaced())
-    roots = {r["path"]: (r["root_id"], int(r["level"]), r["hash"], r["gist_key"], r["n_tokens"])
-             for r in store.file_roots().to_pylist() if r["path"] not in replaced}
+    roots = {p: (r.root_id, r.root_level, r.root_hash, r.root_gist, r.n_tokens)
+             for p, r in plan.previous.items() if r.status == INDEXED and p not in replaced}
     for p, t in trees.items():
         roots[p] = (plan.ids[p] << LOCAL_BITS | t.root, int(t.level[-1]), t.hash[-1],
                     bank.key(t.hash[-1], int(t.level[-1])), len(t.tokens))
@@ -396,11 +458,9 @@ def _dir_nodes(plan: _Plan, trees: dict[str, FileTree], store: Store, bank: _Gis
     files = [FileRoot(p, roots[p][1], roots[p][2], roots[p][4]) for p in paths]
     tree = build_dir_tree(files, config.tree)
     keys = [bank.key(h, lv) for h, lv in zip(tree.hash, tree.level, strict=True)]
-    child_keys = [[roots[paths[k]][3] if f else keys[k] for f, k in ch] for ch in tree.children]
-    bank.learn_existing(keys)
-    for level in sorted(set(tree.level)):
-        todo = [i for i in bank.missing(keys) if tree.level[i] == level]
-        bank.compute([keys[i] for i in todo], [child_keys[i] for i in todo], level, False)
+    for i, children in enumerate(tree.children):
+        child_keys = [roots[paths[k]][3] if is_file else keys[k] for is_file, k in children]
+        work.add(keys[i], tree.level[i], child_keys, child_keys)
     old = store.nodes(DIR_FILE_ID).column("gist_key").to_pylist()
     return _dir_table(tree, keys, [roots[p][0] for p in paths], old)
 

@@ -9,10 +9,17 @@ Data model
 - `nodes`: the MegaContext Tree. `node_id = file_id << 20 | local index` for file nodes,
   `file_id = 0` for directory nodes (rewritten each run; there are few). Spans are
   relative to the file; `hash` is the content hash; `gist_key` names the node's gist.
-- `gists`: content-addressed vectors (float16, little-endian, width D), keyed by
-  hash(content hash, level, gist model id, base model id): unchanged content keeps its gist
-  byte for byte, and identical blocks anywhere share one row.
+- `block_gists` (level 1) and `gists` (levels ≥ 2): content-addressed vectors (float16,
+  little-endian, width D), keyed by hash(content hash, level, gist model id, base model id):
+  unchanged content keeps its gist byte for byte, and identical blocks anywhere share one
+  row. Blocks are ~97% of all gists and an update never needs to read them back (a changed
+  file's blocks are recomputed from its tokens when a parent needs them), so they live
+  apart and the update path only reads the small `gists` table: DuckDB scans a whole vector
+  column to fetch a few rows, and that scan must stay small.
 - `meta`: base model id, gist model id, width; `index_runs`: one row per index run.
+- `gist_garbage`: keys that lost a referencing node. Collecting means scanning every node,
+  so it waits until enough have piled up (`GARBAGE_BATCH`); until then a reverted edit
+  finds its old gists still there.
 - `migrations`: the numbered migrations applied; a newer file than this code is refused.
 
 Writes go in bulk through Arrow (row-by-row inserts are about 1,000× slower); an index run
@@ -37,6 +44,8 @@ DB_FOLDER = ".mcagent"
 DB_NAME = "index.duckdb"
 DIR_FILE_ID = 0
 LOCAL_BITS = 20  # node_id = file_id << LOCAL_BITS | local index
+_FEW_KEYS = 256  # key sets up to this size are looked up through the index
+GARBAGE_BATCH = 4096  # collect unreferenced gists once this many candidates wait
 
 MIGRATIONS: list[str] = [
     # 1: the tree
@@ -45,7 +54,8 @@ MIGRATIONS: list[str] = [
     CREATE TABLE files (
         file_id BIGINT NOT NULL, path VARCHAR NOT NULL, status VARCHAR NOT NULL,
         language VARCHAR, size BIGINT, mtime_ns BIGINT, hash BLOB,
-        n_tokens INTEGER, n_lines INTEGER, root_id BIGINT);
+        n_tokens INTEGER, n_lines INTEGER,
+        root_id BIGINT, root_level TINYINT, root_hash BLOB, root_gist BLOB);
     CREATE TABLE tokens (file_id BIGINT NOT NULL, ids BLOB NOT NULL);
     CREATE TABLE nodes (
         node_id BIGINT NOT NULL, file_id BIGINT NOT NULL, parent_id BIGINT,
@@ -53,15 +63,20 @@ MIGRATIONS: list[str] = [
         tok_start INTEGER NOT NULL, tok_end INTEGER NOT NULL,
         line_start INTEGER, line_end INTEGER, symbol VARCHAR, kind VARCHAR,
         hash BLOB NOT NULL, gist_key BLOB NOT NULL);
-    CREATE TABLE gists (gist_key BLOB NOT NULL, vec BLOB NOT NULL);
+    CREATE TABLE block_gists (gist_key BLOB NOT NULL,
+                              vec BLOB NOT NULL USING COMPRESSION uncompressed);
+    CREATE TABLE gists (gist_key BLOB NOT NULL, vec BLOB NOT NULL USING COMPRESSION uncompressed);
+    CREATE INDEX block_gists_key ON block_gists (gist_key);
+    CREATE INDEX gists_key ON gists (gist_key);
     """,
-    # 2: a record of each index run, for `status`
+    # 2: a record of each index run, for `status`; gists waiting to be collected
     """
     CREATE TABLE index_runs (
         finished_at TIMESTAMP NOT NULL, seconds DOUBLE NOT NULL,
         files_new INTEGER NOT NULL, files_changed INTEGER NOT NULL,
         files_deleted INTEGER NOT NULL, files_unchanged INTEGER NOT NULL,
         tokens_processed BIGINT NOT NULL, gists_computed INTEGER NOT NULL);
+    CREATE TABLE gist_garbage (gist_key BLOB NOT NULL);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -80,6 +95,9 @@ class FileRecord:
     hash: bytes | None
     n_tokens: int
     root_id: int | None
+    root_level: int | None
+    root_hash: bytes | None
+    root_gist: bytes | None
 
 
 def db_path(root: Path) -> Path:
@@ -137,13 +155,11 @@ class Store:
             self._migrate(version, migrations)
 
     def schema_version(self) -> int:
-        exists = self.con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'migrations'"
-        ).fetchall()[0][0]
-        if not exists:
-            return 0
-        return int(self.con.execute("SELECT coalesce(max(version), 0) FROM migrations")
-                   .fetchall()[0][0])
+        try:
+            rows = self.con.execute("SELECT coalesce(max(version), 0) FROM migrations").fetchall()
+        except duckdb.CatalogException:
+            return 0  # a new, empty database
+        return int(rows[0][0])
 
     def _migrate(self, version: int, migrations: list[str]) -> None:
         with self.transaction():
@@ -187,10 +203,10 @@ class Store:
 
     def files(self) -> dict[str, FileRecord]:
         rows = self.con.execute(
-            "SELECT file_id, path, status, language, size, mtime_ns, hash, n_tokens, root_id "
-            "FROM files"
+            "SELECT file_id, path, status, language, size, mtime_ns, hash, n_tokens, root_id, "
+            "root_level, root_hash, root_gist FROM files"
         ).fetchall()
-        return {r[1]: FileRecord(*r[:7], r[7] or 0, r[8]) for r in rows}
+        return {r[1]: FileRecord(*r[:7], r[7] or 0, *r[8:]) for r in rows}
 
     def delete_files(self, file_ids: list[int], row_only_ids: list[int] = ()) -> None:
         """Remove files with their tokens and nodes (their gists stay until collected), and
@@ -237,12 +253,6 @@ class Store:
                 "WHERE nodes.node_id = links.node_id "
                 "AND nodes.parent_id IS DISTINCT FROM links.parent_id")
 
-    def file_roots(self) -> pa.Table:
-        """path, file_id, root_id, level, hash, gist_key, n_tokens of every indexed file."""
-        return self.con.sql(
-            "SELECT f.path, f.file_id, f.root_id, n.level, n.hash, n.gist_key, f.n_tokens "
-            "FROM files f JOIN nodes n ON n.node_id = f.root_id WHERE f.status = 'indexed'"
-        ).to_arrow_table()
 
     def nodes(self, file_id: int | None = None) -> pa.Table:
         """Every node (or one file's), ordered by node id."""
@@ -261,26 +271,35 @@ class Store:
     # ------------------------------------------------------------ gists
 
     def existing_gist_keys(self, keys: list[bytes]) -> set[bytes]:
-        if not keys:
-            return set()
-        with self._registered("wanted", _keys_table(keys)):
-            rows = self.con.execute(
-                "SELECT gist_key FROM gists WHERE gist_key IN (SELECT gist_key FROM wanted)"
-            ).fetchall()
+        """The keys (of any level) that have a stored gist."""
+        rows = self._by_keys("SELECT gist_key FROM block_gists WHERE gist_key IN {keys} "
+                             "UNION ALL SELECT gist_key FROM gists WHERE gist_key IN {keys}", keys)
         return {r[0] for r in rows}
 
-    def gist_vectors(self, keys: list[bytes], dim: int) -> dict[bytes, np.ndarray]:
-        """float16 vectors of the given keys that exist."""
-        if not keys:
-            return {}
-        with self._registered("wanted", _keys_table(keys)):
-            rows = self.con.execute(
-                "SELECT gist_key, vec FROM gists WHERE gist_key IN (SELECT gist_key FROM wanted)"
-            ).fetchall()
+    def gist_vectors(self, keys: list[bytes], dim: int, blocks: bool = False
+                     ) -> dict[bytes, np.ndarray]:
+        """float16 vectors of the given node keys (or block keys) that exist."""
+        table = "block_gists" if blocks else "gists"
+        rows = self._by_keys(f"SELECT gist_key, vec FROM {table} WHERE gist_key IN {{keys}}",
+                             keys)
         return {k: np.frombuffer(v, "<f2", count=dim) for k, v in rows}
 
-    def write_gists(self, keys: list[bytes], vectors: np.ndarray) -> int:
-        """Insert vectors (N, D) float16 under keys not yet stored; returns how many were new."""
+    def _by_keys(self, sql: str, keys: list[bytes]) -> list[tuple]:
+        """Run `sql` with `{keys}` bound to a key set: a few keys go as parameters (DuckDB
+        looks them up in the key index), many through a registered table (a hash join)."""
+        keys = list(set(keys))
+        if not keys:
+            return []
+        if len(keys) <= _FEW_KEYS:
+            marks = "(" + ", ".join("?" * len(keys)) + ")"
+            return self.con.execute(sql.format(keys=marks), keys * sql.count("{keys}")
+                                    ).fetchall()
+        with self._registered("wanted", _keys_table(keys)):
+            return self.con.execute(sql.format(keys="(SELECT gist_key FROM wanted)")).fetchall()
+
+    def write_gists(self, keys: list[bytes], vectors: np.ndarray, blocks: bool) -> int:
+        """Insert vectors (N, D) float16 under keys that are not stored (the caller checked
+        with `existing_gist_keys`: one process writes at a time); returns how many."""
         if not keys:
             return 0
         n, dim = vectors.shape
@@ -289,23 +308,28 @@ class Store:
         vec = pa.FixedSizeBinaryArray.from_buffers(pa.binary(2 * dim), n,
                                                    [None, pa.py_buffer(flat.tobytes())])
         table = pa.table({"gist_key": _keys_table(keys)["gist_key"], "vec": vec})
-        before = self.count("gists")
-        with self._registered("incoming", table):
-            self.con.execute("INSERT INTO gists SELECT gist_key, vec FROM incoming "
-                             "WHERE gist_key NOT IN (SELECT gist_key FROM gists)")
-        return self.count("gists") - before
+        self._insert("block_gists" if blocks else "gists", table)
+        return n
 
-    def collect_gists(self, candidates: list[bytes]) -> int:
-        """Delete the candidate gists that no node references any more."""
-        if not candidates:
+    def collect_gists(self, candidates: list[bytes], force: bool = False) -> int:
+        """Queue gists that may have lost their last node; once `GARBAGE_BATCH` wait (or when
+        forced), delete those that no node references. Returns how many were deleted."""
+        if candidates:
+            self._insert("gist_garbage", _keys_table(list(set(candidates))))
+        if not force and self.count("gist_garbage") < GARBAGE_BATCH:
             return 0
-        before = self.count("gists")
-        with self._registered("maybe", _keys_table(candidates)):
-            self.con.execute(
-                "DELETE FROM gists WHERE gist_key IN (SELECT gist_key FROM maybe) "
-                "AND gist_key NOT IN (SELECT n.gist_key FROM nodes n "
-                "JOIN maybe m ON n.gist_key = m.gist_key)")
-        return before - self.count("gists")
+        before = self.count("gists") + self.count("block_gists")
+        self.con.execute("CREATE TEMP TABLE unused AS SELECT DISTINCT gist_key FROM gist_garbage "
+                         "WHERE gist_key NOT IN (SELECT n.gist_key FROM nodes n "
+                         "JOIN gist_garbage g ON n.gist_key = g.gist_key)")
+        try:
+            for table in ("block_gists", "gists"):
+                self.con.execute(f"DELETE FROM {table} "
+                                 "WHERE gist_key IN (SELECT gist_key FROM unused)")
+            self.con.execute("DELETE FROM gist_garbage")
+        finally:
+            self.con.execute("DROP TABLE unused")
+        return before - self.count("gists") - self.count("block_gists")
 
     # ------------------------------------------------------------ reports
 
@@ -340,7 +364,7 @@ class Store:
             "files": sum(by_language.values()), "files_by_language": by_language,
             "skipped": skipped, "tokens": int(tokens),
             "nodes_by_level": {int(k): v for k, v in levels.items()},
-            "gists": self.count("gists"),
+            "gists": self.count("gists") + self.count("block_gists"),
         }
 
     # ------------------------------------------------------------ helpers

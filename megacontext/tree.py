@@ -3,8 +3,10 @@
 Each file is a document: a one-line header (its path) then its text. Its tokens are cut into
 **blocks** (level 1) of at most 32 tokens that never cross a chunk boundary and prefer to
 end at a line end. A level-k node gathers at most 32 consecutive level-(k−1) nodes of the
-same file, preferring cuts between top-level definitions, up to one root per file. Above
-files, directory nodes gather at most 32 children up to one repository root.
+same file, preferring cuts between top-level definitions, up to one root per file. The root
+is a node even over a single block, so every file root is level ≥ 2 and an update never
+reads block gists back. Above files, directory nodes gather at most 32 children up to one
+repository root.
 
 Every node carries its level, parent, ordinal, token span and line span (relative to its
 file), symbol path, kind and a content hash: the hash of a block is the hash of its tokens,
@@ -138,7 +140,7 @@ def _assemble(tokens: np.ndarray, b: _Blocks, chunks: list[Chunk], module_depth:
         symbol=list(b.symbol), kind=list(b.kind), hash=hashes, strength=strength,
     )
     lo, hi, level = 0, n, 1
-    while hi - lo > 1:
+    while hi - lo > 1 or level == 1:  # a file's root is a node (level ≥ 2), never a block
         level += 1
         for g_lo, g_hi in _groups(nodes.strength[lo:hi], config):
             nodes.add_group(lo + g_lo, lo + g_hi, level, def_kinds)
@@ -261,30 +263,30 @@ class DirTree:
 def build_dir_tree(files: list[FileRoot], config: TreeConfig = TreeConfig()) -> DirTree:
     """Directory nodes of ≤`fanout` children over files in timeline order."""
     tree = DirTree()
-    refs = _dir_refs(tree, files, list(range(len(files))), depth=0, config=config)
+    parts = [f.path.split("/") for f in files]
+    refs = _dir_refs(tree, files, parts, 0, len(files), depth=0, config=config)
     if len(refs) != 1 or refs[0][0]:
         _add_dir_nodes(tree, files, refs, ".", config, force_one=True)
     return tree
 
 
-def _dir_refs(tree: DirTree, files: list[FileRoot], idx: list[int], depth: int,
-              config: TreeConfig) -> list[tuple[bool, int]]:
-    """References to the children of one folder level (files and subfolders), in order."""
+def _dir_refs(tree: DirTree, files: list[FileRoot], parts: list[list[str]], lo: int, hi: int,
+              depth: int, config: TreeConfig) -> list[tuple[bool, int]]:
+    """References to the children of one folder (files and subfolders), in order; the
+    folder's files are files[lo:hi], all sharing parts[:depth]."""
     refs: list[tuple[bool, int]] = []
-    i = 0
-    while i < len(idx):
-        parts = files[idx[i]].path.split("/")
-        if len(parts) == depth + 1:
-            refs.append((True, idx[i]))
+    i = lo
+    while i < hi:
+        if len(parts[i]) == depth + 1:
+            refs.append((True, i))
             i += 1
             continue
-        name = parts[depth]
+        name = parts[i][depth]
         j = i
-        while j < len(idx) and files[idx[j]].path.split("/")[depth] == name and \
-                len(files[idx[j]].path.split("/")) > depth + 1:
+        while j < hi and len(parts[j]) > depth + 1 and parts[j][depth] == name:
             j += 1
-        sub = _dir_refs(tree, files, idx[i:j], depth + 1, config)
-        folder = "/".join(parts[: depth + 1])
+        sub = _dir_refs(tree, files, parts, i, j, depth + 1, config)
+        folder = "/".join(parts[i][: depth + 1])
         refs.extend(_add_dir_nodes(tree, files, sub, folder, config, force_one=False))
         i = j
     return refs
