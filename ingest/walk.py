@@ -160,7 +160,9 @@ def _git_paths(root: Path) -> list[str] | None:
         repo = git.Repo(root, search_parent_directories=True)
         if repo.bare:
             return None
-        out = repo.git.ls_files("-z", "--cached", "--others", "--exclude-standard", "--", ".")
+        # Run in root itself, so paths come out relative to it (root may be a subfolder).
+        out = git.Git(str(root)).ls_files("-z", "--cached", "--others", "--exclude-standard",
+                                          "--", ".")
     except (git.InvalidGitRepositoryError, git.NoSuchPathError, git.GitCommandError):
         return None
     except (git.GitCommandNotFound, subprocess.SubprocessError, OSError):
@@ -171,7 +173,7 @@ def _git_paths(root: Path) -> list[str] | None:
 
 def _plain_paths(root: Path) -> list[str]:
     """Every file under root that the .gitignore files (at any depth) do not ignore."""
-    specs: list[tuple[str, pathspec.PathSpec]] = []
+    specs: list[tuple[str, pathspec.GitIgnoreSpec]] = []
     paths: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = Path(dirpath).relative_to(root).as_posix()
@@ -179,7 +181,7 @@ def _plain_paths(root: Path) -> list[str]:
         gitignore = Path(dirpath) / ".gitignore"
         if gitignore.is_file():
             lines = gitignore.read_text(encoding="utf-8", errors="replace").splitlines()
-            specs.append((rel_dir, pathspec.PathSpec.from_lines("gitwildmatch", lines)))
+            specs.append((rel_dir, pathspec.GitIgnoreSpec.from_lines(lines)))
         kept = []
         for d in sorted(dirnames):
             rel = f"{rel_dir}/{d}" if rel_dir else d
@@ -194,7 +196,7 @@ def _plain_paths(root: Path) -> list[str]:
     return paths
 
 
-def _ignored(specs: list[tuple[str, pathspec.PathSpec]], rel: str) -> bool:
+def _ignored(specs: list[tuple[str, pathspec.GitIgnoreSpec]], rel: str) -> bool:
     for base, spec in specs:
         if base and not rel.startswith(base + "/"):
             continue

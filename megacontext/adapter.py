@@ -193,6 +193,9 @@ def _load_hf_model(name: str) -> BaseModel:
 
     folder = Path(name).expanduser()
     local = folder.is_dir()
+    if not local and (name.startswith((".", "~", "/")) or folder.exists()):
+        raise ModelNotFound(f"model folder {name!r} not found: pass a local Hugging Face model "
+                            "folder (with config.json) or a hub id")
     try:
         tok = AutoTokenizer.from_pretrained(str(folder) if local else name)
         lm = AutoModelForCausalLM.from_pretrained(str(folder) if local else name,

@@ -1,0 +1,103 @@
+"""The CLI on the real default model: reports, JSON, and one-line errors with exit 1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mcagent.cli import app
+from megacontext.store import MIGRATIONS, Store, db_path
+
+pytestmark = pytest.mark.model
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_index_then_status(code_repo: Path) -> None:
+    result = run("index", str(code_repo), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["files"] == 6 and report["new"] == 6 and report["tokens"] > 500
+    assert report["nodes_by_level"]["1"] > 20
+    status = run("status", str(code_repo), "--json")
+    assert status.exit_code == 0, status.output
+    data = json.loads(status.stdout)
+    assert data["base_model"].startswith("SmolLM2-135M-Instruct")
+    assert data["gist_model"] == "meanpool-baseline-v1 (baseline, untrained)"
+    assert data["changes"] == {"new": [], "modified": [], "deleted": []}
+    (code_repo / "main.py").write_text("print('changed')\n")
+    text = run("status", str(code_repo))
+    assert text.exit_code == 0 and "1 file(s) changed" in text.stdout and "main.py" in text.stdout
+
+
+def test_index_human_report(code_repo: Path) -> None:
+    result = run("index", str(code_repo))
+    assert result.exit_code == 0, result.output
+    assert "6 new" in result.stdout and "python" in result.stdout and "tokens/s" in result.stdout
+
+
+def one_line_error(result, pattern: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    joined = " ".join(lines)
+    assert joined.startswith("error:") and pattern in joined, result.output
+    assert "Traceback" not in result.output
+
+
+def test_error_not_a_directory(tmp_path: Path) -> None:
+    one_line_error(run("index", str(tmp_path / "nope")), "is not a directory")
+    one_line_error(run("status", str(tmp_path / "nope")), "is not a directory")
+
+
+def test_error_empty_repository(tmp_path: Path) -> None:
+    one_line_error(run("index", str(tmp_path)), "no files to index")
+    assert not (tmp_path / ".mcagent").exists()
+
+
+def test_error_status_without_index(tmp_path: Path) -> None:
+    one_line_error(run("status", str(tmp_path)), "run `mcagent index` first")
+
+
+def test_error_newer_schema(code_repo: Path) -> None:
+    Store.open(db_path(code_repo), migrations=[*MIGRATIONS, "CREATE TABLE x (y INT);"]).close()
+    one_line_error(run("index", str(code_repo)), "written by a newer mcagent")
+
+
+def test_error_model_not_found(code_repo: Path, tmp_path: Path) -> None:
+    one_line_error(run("index", str(code_repo), "--model", str(tmp_path / "missing")),
+                   "not found")
+    assert not (code_repo / ".mcagent").exists()
+
+
+def test_error_locked(code_repo: Path) -> None:
+    assert run("index", str(code_repo)).exit_code == 0
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]);"
+         " print('ready', flush=True); time.sleep(30)", str(db_path(code_repo))],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        one_line_error(run("index", str(code_repo)), "in use by another mcagent process")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_error_bad_config(code_repo: Path) -> None:
+    (code_repo / ".mcagent.toml").write_text("colour = 'blue'\n")
+    one_line_error(run("index", str(code_repo)), "unknown setting 'colour'")
+
+
+def test_config_file_sets_max_file_bytes(code_repo: Path) -> None:
+    (code_repo / ".mcagent.toml").write_text("max_file_bytes = 100\n")
+    result = run("index", str(code_repo), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["skipped"].get("too-large", 0) >= 4

@@ -1,0 +1,225 @@
+"""Indexer: counts, coverage, incremental updates, errors — on a tiny byte-level model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ingest.errors import UnreadableFileError
+from megacontext.errors import NothingToIndex, StoreLocked
+from megacontext.gist import MeanPoolGist
+from megacontext.indexer import index_repository, pending_changes
+from megacontext.store import DB_FOLDER, LOCAL_BITS, Store, db_path
+from megacontext.tree import header_text
+from tests.conftest import tiny_model
+
+MODEL = tiny_model()
+GIST = MeanPoolGist(MODEL.token_norm)
+
+
+def index(repo: Path, gist=GIST, model=MODEL):
+    return index_repository(repo, model, gist)
+
+
+def snapshot(repo: Path) -> dict:
+    """Every node as (path or folder, level, local index) -> (hash, gist key, gist bytes)."""
+    with Store.open(db_path(repo), read_only=True) as store:
+        paths = {r.file_id: p for p, r in store.files().items()}
+        nodes = store.nodes().to_pylist()
+        vectors = {}
+        for blocks in (True, False):
+            vectors |= store.gist_vectors([n["gist_key"] for n in nodes], MODEL.dim, blocks)
+    out = {}
+    for n in nodes:
+        where = paths[n["file_id"]] if n["file_id"] else "dir:" + n["symbol"]
+        local = n["node_id"] & ((1 << LOCAL_BITS) - 1) if n["file_id"] else n["level"]
+        key = (where, n["level"], local, n["ordinal"] if not n["file_id"] else 0)
+        out[key] = (n["hash"], n["gist_key"], vectors[n["gist_key"]].tobytes())
+    return out
+
+
+def test_index_counts_and_coverage(code_repo: Path) -> None:
+    (code_repo / "logo.png").write_bytes(b"\x89PNG\x00\x00binary")
+    (code_repo / ".env").write_text("TOKEN=secret\n")
+    report = index(code_repo)
+    assert report.created and (code_repo / DB_FOLDER / ".gitignore").read_text().endswith("*\n")
+    assert report.files == 6 and report.new == 7  # .env is skipped by path, not read
+    assert report.files_by_language == {"python": 2, "go": 1, "markdown": 1, "rust": 1,
+                                        "typescript": 1}
+    assert report.skipped == {"binary": 1, "secret": 1}
+    with Store.open(db_path(code_repo), read_only=True) as store:
+        files = store.files()
+        for path, rec in files.items():
+            if rec.status != "indexed":
+                continue
+            tokens = store.file_tokens(rec.file_id)
+            text = MODEL.tokenizer.decode(tokens.tolist())
+            assert text == header_text(path) + (code_repo / path).read_text(), path
+            assert rec.n_tokens == len(tokens)
+        nodes = store.nodes().to_pylist()
+        assert sum(1 for n in nodes if n["parent_id"] is None) == 1, "one repository root"
+        ids = {n["node_id"] for n in nodes}
+        assert all(n["parent_id"] in ids for n in nodes if n["parent_id"] is not None)
+        assert report.tokens == sum(r.n_tokens for r in files.values())
+        levels = {}
+        for n in nodes:
+            levels[n["level"]] = levels.get(n["level"], 0) + 1
+        assert report.nodes_by_level == levels
+
+
+def test_second_run_reprocesses_nothing(code_repo: Path) -> None:
+    index(code_repo)
+    before = snapshot(code_repo)
+    again = index(code_repo)
+    assert (again.new, again.changed, again.deleted, again.processed_paths) == (0, 0, 0, [])
+    assert again.gists_computed == 0
+    assert snapshot(code_repo) == before
+
+
+def test_editing_one_function_reprocesses_one_file(code_repo: Path) -> None:
+    index(code_repo)
+    before = snapshot(code_repo)
+    path = code_repo / "pkg" / "sample.py"
+    path.write_text(path.read_text().replace("return x * 2", "return x * 4"))
+    report = index(code_repo)
+    assert report.processed_paths == ["pkg/sample.py"] and report.changed == 1
+    after = snapshot(code_repo)
+    changed = {k for k in before if k in after and before[k] != after[k]}
+    assert all(k[0] in ("pkg/sample.py",) or k[0].startswith("dir:") for k in changed), changed
+    same_file = [k for k in before if k[0] == "pkg/sample.py" and k[1] == 1]
+    kept = [k for k in same_file if before[k] == after.get(k)]
+    assert len(kept) == len(same_file) - 1, "only the edited block's gist changed"
+
+
+def test_incremental_equals_cold(code_repo: Path, tmp_path: Path) -> None:
+    index(code_repo)
+    (code_repo / "pkg" / "sample.go").write_text("package sample\n\nfunc Only() {}\n")
+    (code_repo / "main.py").unlink()
+    (code_repo / "pkg" / "extra.py").write_text("def extra():\n    return 'new'\n")
+    report = index(code_repo)
+    assert (report.new, report.changed, report.deleted) == (1, 1, 1)
+    cold = tmp_path / "cold"
+    shutil.copytree(code_repo, cold, ignore=shutil.ignore_patterns(DB_FOLDER))
+    index(cold)
+    assert snapshot(code_repo) == snapshot(cold)
+
+
+def test_touch_is_not_a_change(code_repo: Path) -> None:
+    index(code_repo)
+    path = code_repo / "main.py"
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    with Store.open(db_path(code_repo), read_only=True) as store:
+        assert pending_changes(code_repo, store).total == 0
+    report = index(code_repo)
+    assert report.processed_paths == [] and report.unchanged == 6 and report.changed == 0
+    with Store.open(db_path(code_repo), read_only=True) as store:
+        assert store.files()["main.py"].mtime_ns == path.stat().st_mtime_ns, "mtime stored"
+        root = store.files()["main.py"].root_id
+        assert root in {n["node_id"] for n in store.nodes().to_pylist()}, "nodes kept"
+
+
+def test_pending_changes(code_repo: Path) -> None:
+    index(code_repo)
+    (code_repo / "main.py").write_text("print('changed')\n")
+    (code_repo / "README.md").unlink()
+    (code_repo / "new.py").write_text("x = 1\n")
+    with Store.open(db_path(code_repo), read_only=True) as store:
+        changes = pending_changes(code_repo, store)
+    assert (changes.new, changes.modified, changes.deleted) == (
+        ["new.py"], ["main.py"], ["README.md"])
+
+
+def test_new_gist_model_rebuilds_every_gist(code_repo: Path) -> None:
+    index(code_repo)
+
+    class Other(MeanPoolGist):
+        id = "meanpool-baseline-v2"
+
+    report = index(code_repo, gist=Other(MODEL.token_norm))
+    assert report.changed == 6 and report.gists_computed > 0
+    with Store.open(db_path(code_repo), read_only=True) as store:
+        assert store.meta()["gist_model"] == "meanpool-baseline-v2"
+
+
+def test_deleted_file_gists_are_collected(code_repo: Path) -> None:
+    index(code_repo)
+    (code_repo / "pkg" / "sample.rs").unlink()
+    index(code_repo)
+    with Store.open(db_path(code_repo)) as store:
+        assert "pkg/sample.rs" not in store.files()
+        assert store.collect_gists([], force=True) > 0
+        referenced = {n["gist_key"] for n in store.nodes().to_pylist()}
+        assert store.existing_gist_keys(list(referenced)) == referenced
+
+
+def test_empty_repository(tmp_path: Path) -> None:
+    with pytest.raises(NothingToIndex, match="no files to index"):
+        index(tmp_path)
+    assert not (tmp_path / DB_FOLDER).exists()
+    (tmp_path / "blob.bin").write_bytes(b"\x00" * 100)
+    with pytest.raises(NothingToIndex, match="1 binary skipped"):
+        index(tmp_path)
+    assert not (tmp_path / DB_FOLDER).exists(), "nothing half-written"
+
+
+def test_unreadable_file_writes_nothing(code_repo: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    import ingest.walk
+
+    real = ingest.walk.Path.read_bytes
+
+    def deny(self: Path) -> bytes:
+        if self.name == "main.py":
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(ingest.walk.Path, "read_bytes", deny)
+    with pytest.raises(UnreadableFileError, match=r"cannot read main\.py: Permission denied"):
+        index(code_repo)
+    assert not (code_repo / DB_FOLDER).exists(), "a failed first index leaves nothing"
+    monkeypatch.undo()
+    index(code_repo)
+    before = snapshot(code_repo)
+    (code_repo / "main.py").write_text("print('v2')\n")
+    (code_repo / "pkg" / "extra.py").write_text("y = 2\n")
+    monkeypatch.setattr(ingest.walk.Path, "read_bytes", deny)
+    with pytest.raises(UnreadableFileError):
+        index(code_repo)
+    assert snapshot(code_repo) == before, "a failed update leaves the index as it was"
+
+
+def test_locked_index_writes_nothing(code_repo: Path) -> None:
+    index(code_repo)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]);"
+         " print('ready', flush=True); time.sleep(30)", str(db_path(code_repo))],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        (code_repo / "main.py").write_text("print('v2')\n")
+        with pytest.raises(StoreLocked):
+            index(code_repo)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert index(code_repo).processed_paths == ["main.py"]
+
+
+def test_meanpool_gist_ignores_padding_and_has_token_norm() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 32, 16, generator=g)
+    mask = torch.zeros(3, 32, dtype=torch.bool)
+    mask[0, :5], mask[1, :32], mask[2, :1] = True, True, True
+    out = GIST(x, mask, torch.ones(3, dtype=torch.long))
+    noisy = x.clone()
+    noisy[~mask] = 1e3
+    torch.testing.assert_close(GIST(noisy, mask, torch.ones(3, dtype=torch.long)), out)
+    torch.testing.assert_close(out[:1], GIST(x[:1, :5], mask[:1, :5], torch.ones(1)))
+    np.testing.assert_allclose(out.norm(dim=1).numpy(), MODEL.token_norm, rtol=1e-5)
