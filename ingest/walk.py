@@ -93,13 +93,30 @@ def list_files(root: Path, config: WalkConfig = WalkConfig()) -> WalkResult:
 
     Works in a plain directory too, honouring its `.gitignore` files.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise NotADirectory(f"{root} is not a directory: pass the repository's root folder")
-    root = root.resolve()
+    root = _checked_root(root)
     paths = _git_paths(root)
     if paths is None:
         paths = _plain_paths(root)
+    return _classify(root, paths, config)
+
+
+def stat_paths(root: Path, paths: list[str], config: WalkConfig = WalkConfig()) -> WalkResult:
+    """The given repository-relative paths under the rules of `list_files`, for a caller that
+    knows what changed (a file watcher): paths git ignores and paths that no longer exist are
+    left out of the result (a caller treats the missing ones as deleted)."""
+    root = _checked_root(root)
+    ignored = _ignored_among(root, paths)
+    return _classify(root, [p for p in paths if p not in ignored], config)
+
+
+def _checked_root(root: Path) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectory(f"{root} is not a directory: pass the repository's root folder")
+    return root.resolve()
+
+
+def _classify(root: Path, paths: list[str], config: WalkConfig) -> WalkResult:
     result = WalkResult(files=[])
     venvs = _venv_dirs(root, paths)
     for rel in sorted(set(paths), key=timeline_key):
@@ -169,6 +186,37 @@ def _git_paths(root: Path) -> list[str] | None:
         return None  # no git binary: fall back to the plain walk with .gitignore rules
     # ls-files prints paths relative to the directory it ran in, which is root.
     return [p for p in out.split("\0") if p]
+
+
+def _ignored_among(root: Path, paths: list[str]) -> set[str]:
+    """The paths that git's ignore rules (or the .gitignore files outside git) exclude."""
+    try:
+        git.Repo(root, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return {p for p in paths if _plain_ignored(root, p)}
+    try:
+        proc = subprocess.run(["git", "check-ignore", "-z", "--stdin"], cwd=root,
+                              input="\0".join(paths).encode(), capture_output=True)
+    except OSError:  # no git binary
+        return {p for p in paths if _plain_ignored(root, p)}
+    if proc.returncode not in (0, 1):  # 1: none of them is ignored
+        return set()
+    return {p for p in proc.stdout.decode().split("\0") if p}
+
+
+def _plain_ignored(root: Path, rel: str) -> bool:
+    """Whether the .gitignore files on the way from root to rel exclude it."""
+    parts = rel.split("/")
+    specs = []
+    for depth in range(len(parts)):
+        base = "/".join(parts[:depth])
+        gitignore = root / base / ".gitignore"
+        if gitignore.is_file():
+            lines = gitignore.read_text(encoding="utf-8", errors="replace").splitlines()
+            specs.append((base, pathspec.GitIgnoreSpec.from_lines(lines)))
+        if depth and (parts[depth - 1] in NEVER_DIRS or _ignored(specs, base + "/")):
+            return True
+    return _ignored(specs, rel)
 
 
 def _plain_paths(root: Path) -> list[str]:

@@ -162,9 +162,11 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
             del lm.config.quantization_config
         lm.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if not (folder / "model.safetensors").is_file():
+                raise  # not another process's finished conversion: a real failure
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -22,7 +22,16 @@ import torch
 
 from ingest.chunk import chunk_file, module_path
 from ingest.languages import language_of
-from ingest.walk import FileEntry, WalkConfig, WalkResult, decode, list_files, read_file
+from ingest.walk import (
+    FileEntry,
+    Skip,
+    WalkConfig,
+    WalkResult,
+    decode,
+    list_files,
+    read_file,
+    stat_paths,
+)
 from megacontext.adapter import BaseModel
 from megacontext.errors import NothingToIndex
 from megacontext.gist import MAX_CHILDREN, GistModel
@@ -77,19 +86,27 @@ class IndexReport:
 
 
 def index_repository(root: Path, model: BaseModel, gist_model: GistModel,
-                     config: IndexConfig = IndexConfig(), progress: Progress | None = None
-                     ) -> IndexReport:
-    """Bring `.mcagent/index.duckdb` under root up to date with the files."""
+                     config: IndexConfig = IndexConfig(), progress: Progress | None = None,
+                     paths: list[str] | None = None) -> IndexReport:
+    """Bring `.mcagent/index.duckdb` under root up to date with the files.
+
+    `paths`, when given, are the only repository-relative paths that may have changed
+    (a file watcher knows them): the walk looks at those alone, which keeps an update of one
+    file from paying for a scan of the whole repository.
+    """
     started = time.perf_counter()
     progress = progress or _no_progress
-    walk = list_files(root, config.walk)
+    if paths is not None and not db_path(root).exists():
+        paths = None  # nothing indexed yet: the first run sees everything
+    walk = list_files(root, config.walk) if paths is None else stat_paths(root, paths,
+                                                                          config.walk)
     if not walk.files and not db_path(root).exists():
         raise NothingToIndex(_nothing_message(root, walk.skipped_by_reason()))
     created = not (Path(root) / DB_FOLDER).exists()
     try:
         with Store.open(db_path(root)) as store:
-            report = _index(Path(root), walk, store, model, gist_model, config, progress,
-                            started)
+            report = _index(Path(root), walk, paths, store, model, gist_model, config,
+                            progress, started)
     except BaseException:
         if created:
             shutil.rmtree(Path(root) / DB_FOLDER, ignore_errors=True)  # nothing half-written
@@ -100,22 +117,26 @@ def index_repository(root: Path, model: BaseModel, gist_model: GistModel,
     return report
 
 
-def _index(root: Path, walk: WalkResult, store: Store, model: BaseModel,
-           gist_model: GistModel, config: IndexConfig, progress: Progress, started: float
-           ) -> IndexReport:
-    plan = _plan(root, walk, store, model, gist_model, config, progress)
+def _index(root: Path, walk: WalkResult, paths: list[str] | None, store: Store,
+           model: BaseModel, gist_model: GistModel, config: IndexConfig, progress: Progress,
+           started: float) -> IndexReport:
+    if paths is not None and _model_changed(store, model, gist_model):
+        walk, paths = list_files(root, config.walk), None  # every file must be rebuilt
+    plan = _plan(root, walk, paths, store, model, gist_model, config, progress)
     plan.root, plan.started = root, started
     trees = _build_trees(plan, model, config, progress)
     if not plan.indexed_after():
         raise NothingToIndex(_nothing_message(root, Counter(plan.statuses().values())))
+    if not plan.rows and not plan.deleted:
+        return _record(store, plan, trees, 0)  # nothing changed: nothing to rebuild
     bank, work = _GistBank(store, model, gist_model, config), _Gisting()
     keys = _file_keys(trees, bank, work)
     dirs = _dir_nodes(plan, trees, store, bank, config, work)
-    old = set(store.node_gist_keys(plan.replaced_ids())) | set(dirs.old_keys) | {
-        r.root_gist for r in plan.previous.values() if r.root_gist is not None}
-    _gist_all(work, bank, old, progress)
+    replaced = set(store.node_gist_keys(plan.replaced_ids())) | set(dirs.old_keys)
+    roots = {r.root_gist for r in plan.previous.values() if r.root_gist is not None}
+    _gist_all(work, bank, replaced | roots, progress)  # keys in use now are known to exist
     meta = {"base_model": model.id, "gist_model": gist_model.id, "gist_dim": str(model.dim)}
-    return _write(store, plan, trees, keys, dirs, bank, old - set(work.keys), meta)
+    return _write(store, plan, trees, keys, dirs, bank, replaced - set(work.keys), meta)
 
 
 def _write(store: Store, plan: _Plan, trees: dict[str, FileTree], keys: dict[str, list[bytes]],
@@ -139,10 +160,16 @@ def _write(store: Store, plan: _Plan, trees: dict[str, FileTree], keys: dict[str
         store.set_parents(dirs.root_ids, dirs.root_parents)
         store.collect_gists(list(unused))  # queued; deleted in batches once unreferenced
         store.set_meta(meta)
-        report = _report(plan.root, store, plan, trees, computed)
-        report.seconds = time.perf_counter() - plan.started
-        store.record_run(report.seconds, report.new, report.changed, report.deleted,
-                         report.unchanged, report.tokens_processed, report.gists_computed)
+        return _record(store, plan, trees, computed)
+
+
+def _record(store: Store, plan: _Plan, trees: dict[str, FileTree], computed: int
+            ) -> IndexReport:
+    """The run's report, also recorded in the index (inside the caller's transaction)."""
+    report = _report(plan.root, store, plan, trees, computed)
+    report.seconds = time.perf_counter() - plan.started
+    store.record_run(report.seconds, report.new, report.changed, report.deleted,
+                     report.unchanged, report.tokens_processed, report.gists_computed)
     return report
 
 
@@ -182,11 +209,11 @@ class _Plan:
         return [p for p, s in self.statuses().items() if s == INDEXED]
 
 
-def _plan(root: Path, walk: WalkResult, store: Store, model: BaseModel, gist_model: GistModel,
-          config: IndexConfig, progress: Progress) -> _Plan:
+def _plan(root: Path, walk: WalkResult, paths: list[str] | None, store: Store,
+          model: BaseModel, gist_model: GistModel, config: IndexConfig, progress: Progress
+          ) -> _Plan:
     previous = store.files()
-    meta = store.meta()
-    rebuild = meta.get("base_model") != model.id or meta.get("gist_model") != gist_model.id
+    rebuild = _model_changed(store, model, gist_model)
     plan = _Plan(previous)
     next_id = max((r.file_id for r in previous.values()), default=DIR_FILE_ID) + 1
     for path in [*walk.files, *walk.skipped]:
@@ -205,14 +232,26 @@ def _plan(root: Path, walk: WalkResult, store: Store, model: BaseModel, gist_mod
         if done % 64 == 0 or done == total:
             progress("scan", done, total)
     seen = {e.path for e in walk.files} | set(walk.skipped)
-    plan.deleted = [p for p in previous if p not in seen]
+    looked_at = previous if paths is None else [p for p in paths if p in previous]
+    plan.deleted = [p for p in looked_at if p not in seen]
     return plan
+
+
+def _model_changed(store: Store, model: BaseModel, gist_model: GistModel) -> bool:
+    meta = store.meta()
+    return meta.get("base_model") != model.id or meta.get("gist_model") != gist_model.id
+
+
+# Skip reasons decided from a file's bytes: the same bytes give the same decision. The others
+# (size limit, path rules) may change with the settings, so such a file is looked at again.
+_CONTENT_DECISIONS = frozenset({INDEXED, Skip.BINARY, Skip.UNDECODABLE, Skip.MINIFIED})
 
 
 def _plan_file(root: Path, entry: FileEntry, plan: _Plan, rebuild: bool,
                walk_config: WalkConfig) -> None:
     old = plan.previous.get(entry.path)
-    same_stat = old is not None and (old.size, old.mtime_ns) == (entry.size, entry.mtime_ns)
+    same_stat = old is not None and (old.size, old.mtime_ns) == (entry.size, entry.mtime_ns) \
+        and old.status in _CONTENT_DECISIONS
     if same_stat and not (rebuild and old.status == INDEXED):
         plan.unchanged.append(entry.path)
         return
@@ -220,7 +259,8 @@ def _plan_file(root: Path, entry: FileEntry, plan: _Plan, rebuild: bool,
     digest = hashlib.blake2b(data, digest_size=16).digest()
     text, reason = decode(data, walk_config)
     row = _row(plan.ids[entry.path], entry.path, reason or INDEXED, entry, digest, text)
-    if old is not None and old.hash == digest and not (rebuild and old.status == INDEXED):
+    if old is not None and old.hash == digest and old.status in _CONTENT_DECISIONS \
+            and not (rebuild and old.status == INDEXED):
         plan.unchanged.append(entry.path)  # touched, not changed: remember the new mtime
         plan.touched.add(entry.path)
         plan.rows[entry.path] = row | {

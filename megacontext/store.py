@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import numpy as np
@@ -82,9 +82,8 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-@dataclass(frozen=True, slots=True)
-class FileRecord:
-    """What the store remembers of one path."""
+class FileRecord(NamedTuple):
+    """What the store remembers of one path (a tuple: thousands are built per run)."""
 
     file_id: int
     path: str
@@ -122,7 +121,7 @@ class Store:
             raise NotIndexed(f"no index at {path.parent.parent}: run `mcagent index` first")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
+            con = duckdb.connect(str(path), read_only=read_only, config={"threads": 1})
         except duckdb.IOException as e:
             if "lock" in str(e).lower():
                 raise StoreLocked(
@@ -195,18 +194,20 @@ class Store:
         return dict(self.con.execute("SELECT key, value FROM meta").fetchall())
 
     def set_meta(self, values: dict[str, str]) -> None:
-        for key, value in values.items():
-            self.con.execute("DELETE FROM meta WHERE key = ?", [key])
-            self.con.execute("INSERT INTO meta VALUES (?, ?)", [key, value])
+        keys = list(values)
+        self.con.execute("DELETE FROM meta WHERE key IN (SELECT unnest(?))", [keys])
+        self.con.execute("INSERT INTO meta SELECT unnest(?), unnest(?)",
+                         [keys, [values[k] for k in keys]])
 
     # ------------------------------------------------------------ files
 
     def files(self) -> dict[str, FileRecord]:
         rows = self.con.execute(
-            "SELECT file_id, path, status, language, size, mtime_ns, hash, n_tokens, root_id, "
+            "SELECT file_id, path, status, language, size, mtime_ns, hash, "
+            "coalesce(n_tokens, 0), root_id, "
             "root_level, root_hash, root_gist FROM files"
         ).fetchall()
-        return {r[1]: FileRecord(*r[:7], r[7] or 0, *r[8:]) for r in rows}
+        return {r[1]: FileRecord._make(r) for r in rows}
 
     def delete_files(self, file_ids: list[int], row_only_ids: list[int] = ()) -> None:
         """Remove files with their tokens and nodes (their gists stay until collected), and
@@ -229,6 +230,11 @@ class Store:
         blobs = pa.array([a.astype("<i4").tobytes() for a in token_arrays], pa.binary())
         self._insert("tokens", pa.table({"file_id": pa.array(file_ids, pa.int64()),
                                          "ids": blobs}))
+
+    def all_tokens(self) -> dict[int, np.ndarray]:
+        """Token ids of every indexed file, by file_id (one scan)."""
+        rows = self.con.execute("SELECT file_id, ids FROM tokens").fetchall()
+        return {f: np.frombuffer(b, "<i4") for f, b in rows}
 
     def file_tokens(self, file_id: int) -> np.ndarray:
         rows = self.con.execute("SELECT ids FROM tokens WHERE file_id = ?", [file_id]).fetchall()
@@ -349,22 +355,26 @@ class Store:
 
     def summary(self) -> dict[str, object]:
         """Counts for `status` and the index report."""
-        by_language = dict(self.con.execute(
-            "SELECT language, count(*) FROM files WHERE status = 'indexed' "
-            "GROUP BY language ORDER BY count(*) DESC, language").fetchall())
-        skipped = dict(self.con.execute(
-            "SELECT status, count(*) FROM files WHERE status <> 'indexed' "
-            "GROUP BY status ORDER BY count(*) DESC, status").fetchall())
-        levels = dict(self.con.execute(
-            "SELECT level, count(*) FROM nodes GROUP BY level ORDER BY level").fetchall())
-        tokens = self.con.execute(
-            "SELECT coalesce(sum(n_tokens), 0) FROM files WHERE status = 'indexed'"
-        ).fetchall()[0][0]
+        by_language: dict[str, int] = {}
+        skipped: dict[str, int] = {}
+        tokens = 0
+        for status, language, n, n_tokens in self.con.execute(
+            "SELECT status, language, count(*), coalesce(sum(n_tokens), 0) FROM files "
+            "GROUP BY ALL ORDER BY count(*) DESC, status, language"
+        ).fetchall():
+            if status == "indexed":
+                by_language[language] = by_language.get(language, 0) + n
+                tokens += n_tokens
+            else:
+                skipped[status] = skipped.get(status, 0) + n
+        levels = self.con.execute(
+            "SELECT level, count(*) FROM nodes GROUP BY level ORDER BY level").fetchall()
+        gists = self.con.execute("SELECT (SELECT count(*) FROM gists) + "
+                                 "(SELECT count(*) FROM block_gists)").fetchall()[0][0]
         return {
             "files": sum(by_language.values()), "files_by_language": by_language,
             "skipped": skipped, "tokens": int(tokens),
-            "nodes_by_level": {int(k): v for k, v in levels.items()},
-            "gists": self.count("gists") + self.count("block_gists"),
+            "nodes_by_level": {int(k): v for k, v in levels}, "gists": int(gists),
         }
 
     # ------------------------------------------------------------ helpers

@@ -129,3 +129,18 @@ def test_timeline_order_keeps_folders_contiguous(tmp_path: Path) -> None:
         (tmp_path / rel).write_text("x\n")
     order = [f.path for f in list_files(tmp_path).files]
     assert order == ["a/b.py", "a/c/d.py", "a-b.py", "a.py", "a0.py"]
+
+
+def test_stat_paths_applies_the_same_rules(tmp_path: Path) -> None:
+    from ingest.walk import stat_paths
+
+    (tmp_path / ".gitignore").write_text("*.log\n")
+    (tmp_path / "a.py").write_text("a\n")
+    (tmp_path / "x.log").write_text("l\n")
+    (tmp_path / ".env").write_text("S=1\n")
+    for repo in (False, True):
+        if repo:
+            git(tmp_path, "init", "-q")
+        result = stat_paths(tmp_path, ["a.py", "x.log", ".env", "gone.py"])
+        assert [f.path for f in result.files] == ["a.py"], repo
+        assert result.skipped == {".env": Skip.SECRET}, repo

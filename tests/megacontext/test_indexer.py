@@ -223,3 +223,34 @@ def test_meanpool_gist_ignores_padding_and_has_token_norm() -> None:
     torch.testing.assert_close(GIST(noisy, mask, torch.ones(3, dtype=torch.long)), out)
     torch.testing.assert_close(out[:1], GIST(x[:1, :5], mask[:1, :5], torch.ones(1)))
     np.testing.assert_allclose(out.norm(dim=1).numpy(), MODEL.token_norm, rtol=1e-5)
+
+
+def test_named_paths_update(code_repo: Path) -> None:
+    """A watcher names what changed: only those paths are looked at, with the same rules."""
+    index(code_repo)
+    (code_repo / "main.py").write_text("print('v2')\n")
+    (code_repo / "README.md").unlink()
+    (code_repo / "notes.log").write_text("ignored\n")
+    (code_repo / ".gitignore").write_text("*.log\n")
+    (code_repo / "pkg" / "sample.go").write_text("package sample\n")  # changed, not named
+    report = index_repository(code_repo, MODEL, GIST,
+                              paths=["main.py", "README.md", "notes.log"])
+    assert report.processed_paths == ["main.py"] and report.deleted == 1
+    with Store.open(db_path(code_repo), read_only=True) as store:
+        files = store.files()
+    assert "README.md" not in files and "notes.log" not in files
+    full = index(code_repo)
+    assert full.processed_paths == [".gitignore", "pkg/sample.go"], "a full run catches up"
+
+
+def test_raised_size_limit_indexes_a_skipped_file(code_repo: Path) -> None:
+    from dataclasses import replace
+
+    from megacontext.indexer import IndexConfig
+
+    small = IndexConfig()
+    small = replace(small, walk=replace(small.walk, max_file_bytes=200))
+    first = index_repository(code_repo, MODEL, GIST, small)
+    assert first.skipped.get("too-large", 0) >= 4
+    second = index(code_repo)
+    assert second.skipped == {} and second.files == 6
