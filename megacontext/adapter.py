@@ -18,6 +18,7 @@ import importlib.metadata as metadata
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,8 @@ class ModelConfig:
 
     name: str | None = None  # None: the embedded default; else a local folder or hub id
     cache_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "mcagent")
+    device: str = "auto"  # auto: cuda > mps > cpu
+    dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on the CPU
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +55,17 @@ class BaseModel:
     """A frozen causal LM seen as a tokenizer, an input-embedding table and (lazily) the LM."""
 
     def __init__(self, model_id: str, folder: Path | None, name: str | None,
-                 tokenizer: Tokenizer, embeddings: torch.Tensor) -> None:
+                 tokenizer: Tokenizer, embeddings: torch.Tensor,
+                 device: str = "auto", dtype: str = "auto") -> None:
         self.id = model_id
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.tokenizer = tokenizer
         self.embeddings = embeddings  # (V, D) float32, not trainable
         self._folder = folder
         self._name = name
         self._lm = None
+        self._chat = None
         norms = embeddings.norm(dim=1)
         self.token_norm = float(norms.median())  # typical length of a real token embedding
 
@@ -80,19 +87,129 @@ class BaseModel:
         if self._lm is None:
             from transformers import AutoModelForCausalLM
 
-            source = str(self._folder) if self._folder is not None else self._name
-            lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-            lm.eval().requires_grad_(False)
-            self._lm = lm
+            lm = AutoModelForCausalLM.from_pretrained(self._source(), dtype=self.dtype)
+            self._lm = lm.to(self.device).eval().requires_grad_(False)
         return self._lm
+
+    def _source(self) -> str:
+        return str(self._folder) if self._folder is not None else str(self._name)
+
+    # ------------------------------------------------------------ runtime
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """(T,) token ids -> (T, D) input embeddings, in the model's dtype and device."""
+        return self.causal_lm().get_input_embeddings()(ids.to(self.device))
+
+    def forward(self, embeds: torch.Tensor, start: int = 0, cache: object | None = None
+                ) -> tuple[torch.Tensor, object]:
+        """(1, T, D) embeddings at compact positions start..start+T−1 -> (1, T, V) logits and
+        the KV cache, which then covers positions 0..start+T−1."""
+        from transformers import DynamicCache
+
+        B, T, _ = embeds.shape
+        assert B == 1, "one sequence at a time"
+        cache = cache if cache is not None else DynamicCache()
+        positions = torch.arange(start, start + T, device=self.device)[None]
+        with torch.no_grad():
+            out = self.causal_lm()(inputs_embeds=embeds.to(self.device, self.dtype),
+                                   position_ids=positions, past_key_values=cache,
+                                   use_cache=True)
+        return out.logits, out.past_key_values
+
+    def decode(self, logits: torch.Tensor, cache: object, position: int, max_new_tokens: int
+               ) -> Iterator[int]:
+        """Greedy tokens after a forward pass's (1, T, V) logits, one at a time, extending the
+        KV cache from `position`; stops at an end-of-turn token."""
+        stop = self.stop_ids()
+        for _ in range(max_new_tokens):
+            token = int(logits[0, -1].argmax())
+            if token in stop:
+                return
+            yield token
+            step = self.embed(torch.tensor([token]))[None]
+            logits, cache = self.forward(step, position, cache)
+            position += 1
+
+    @staticmethod
+    def truncate_cache(cache: object, length: int) -> None:
+        """Keep the first `length` positions of a KV cache (a negative crop: the form both
+        older and newer transformers accept)."""
+        extra = cache.get_seq_length() - length
+        if extra > 0:
+            cache.crop(-extra)
+
+    def stop_ids(self) -> set[int]:
+        lm = self.causal_lm()
+        eos = lm.generation_config.eos_token_id if lm.generation_config else None
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        for name in ("<|im_end|>", "<|endoftext|>", "</s>"):
+            tid = self.tokenizer.token_to_id(name)
+            if tid is not None:
+                ids.add(tid)
+        return ids
+
+    def chat_ids(self, system: str, user: str, slot: str) -> tuple[list[int], list[int]]:
+        """The chat template around a slot in the user turn: (ids before, ids after). The
+        caller splices its own embeddings where the slot was."""
+        from transformers import AutoTokenizer
+
+        if self._chat is None:
+            self._chat = AutoTokenizer.from_pretrained(self._source())
+        text = self._chat.apply_chat_template(
+            [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            tokenize=False, add_generation_prompt=True)
+        before, after = text.split(slot, 1)
+        self.tokenizer.encode_special_tokens = False  # the template's own control tokens
+        try:
+            ids = self.tokenizer.encode_batch([before, after], add_special_tokens=False)
+        finally:
+            self.tokenizer.encode_special_tokens = True
+        return ids[0].ids, ids[1].ids
 
 
 def load_base_model(config: ModelConfig) -> BaseModel:
     """Load the configured base model; the default converts its GGUF once into the cache."""
     if config.name is None:
         folder, model_id = _default_model_folder(config.cache_dir)
-        return BaseModel(model_id, folder, None, _load_tokenizer(folder), _load_embeddings(folder))
-    return _load_hf_model(config.name)
+        return BaseModel(model_id, folder, None, _load_tokenizer(folder),
+                         _load_embeddings(folder), config.device, config.dtype)
+    return _load_hf_model(config)
+
+
+def random_model(tokenizer: Tokenizer, dim: int = 32, layers: int = 2, seed: int = 0,
+                 model_id: str = "tiny-random") -> BaseModel:
+    """A tiny random-weight Llama over `tokenizer`: for fast tests of tensor logic."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    vocab = tokenizer.get_vocab_size()
+    config = LlamaConfig(vocab_size=vocab, hidden_size=dim, intermediate_size=2 * dim,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, eos_token_id=None, bos_token_id=None)
+    lm = LlamaForCausalLM(config).eval().requires_grad_(False)
+    model = BaseModel(model_id, None, model_id, tokenizer,
+                      lm.get_input_embeddings().weight.detach().float(), "cpu", "float32")
+    model._lm = lm
+    return model
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: cuda, then mps, then cpu."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bfloat16 on a GPU, float32 on the CPU."""
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[name]
 
 
 def default_gguf_path() -> Path:
@@ -189,8 +306,9 @@ def _load_embeddings(folder: Path) -> torch.Tensor:
     raise ModelNotFound(f"no input-embedding table in {folder}: delete it to reconvert")
 
 
-def _load_hf_model(name: str) -> BaseModel:
+def _load_hf_model(config: ModelConfig) -> BaseModel:
     """A Hugging Face model by local folder or hub id."""
+    name = str(config.name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(name).expanduser()
@@ -218,6 +336,7 @@ def _load_hf_model(name: str) -> BaseModel:
     h.update(embeddings.numpy().tobytes())
     digest = h.hexdigest()[:12]
     model_id = f"{folder.resolve().name if local else name}@{digest}"
-    model = BaseModel(model_id, folder if local else None, name, tokenizer, embeddings)
-    model._lm = lm
+    model = BaseModel(model_id, folder if local else None, name, tokenizer, embeddings,
+                      config.device, config.dtype)
+    model._lm = lm.to(model.device, model.dtype)
     return model
