@@ -123,6 +123,8 @@ class _State:
         self.replace: dict[int, list[Entry]] = {}  # entry index -> what replaces it
         self.edits: list[Edit] = []
         self.total = cost(entries, tree)
+        self._groups: list | None = None
+        self._used: list[bool] = []
 
     def expand_order(self, config: AllocatorConfig) -> list[int]:
         ok = [i for i, e in enumerate(self.entries)
@@ -151,49 +153,56 @@ class _State:
     def fit(self, budget: int) -> None:
         """Collapse the lowest-utility groups, whatever the thresholds and cooldowns, until
         within budget: the budget is the one limit that always holds."""
-        if self.total > budget:
+        while self.total > budget:
+            edits = len(self.edits)
             self._make_room(self.total - budget, float("inf"), None, avoid=-1)
+            self._groups = None  # collapses may have completed new sibling groups
+            assert len(self.edits) > edits, "a cover costing more than 1 always collapses"
 
     def _make_room(self, need: int, than: float, config: AllocatorConfig | None,
                    avoid: int) -> None:
         """Collapse groups worth less than `than` (below the collapse threshold and out of
-        cooldown when a config is given), lowest first, until `need` cost is freed."""
-        while need > 0:
-            group = self._cheapest_group(than, config, avoid)
-            if group is None:
+        cooldown when a config is given), lowest first, until `need` cost is freed. Groups
+        are those complete at the start of the step: one found by the search, one it frees."""
+        limit = than if config is None else min(than, config.collapse_threshold)
+        for k, (u, _, parent, members, freed) in enumerate(self.groups()):
+            if need <= 0 or u >= limit:
                 return
-            parent, members, freed = group
-            merged = max(self.utility[j] for j in members)
+            if self._used[k] or avoid in members or (config is not None and (
+                    parent in self.blocked or freed == 0)):
+                continue
+            if any(self.entries[j] is None or j in self.replace for j in members):
+                continue
+            self._used[k] = True
             for j in members:
                 self.entries[j] = None
             self.entries[members[0]] = Entry(parent)  # a raw block's "parent" is itself
-            self.utility[members[0]] = merged
+            self.utility[members[0]] = u
             self.blocked.add(parent)  # not expanded again in this step
             self.total -= freed
             need -= freed
             self.edits.append(Edit("collapse", parent))
 
-    def _cheapest_group(self, than: float, config: AllocatorConfig | None, avoid: int
-                        ) -> tuple[int, list[int], int] | None:
-        """The collapsible group of lowest utility: a raw block, or all siblings as gists."""
-        best = None
-        live = [(i, e) for i, e in enumerate(self.entries)
-                if e is not None and i not in self.replace]
-        k = 0
-        while k < len(live):
-            i, e = live[k]
-            if e.raw:
-                group = (e.node, [i], e.cost(self.tree) - 1)
-                k += 1
-            else:
-                group, k = self._sibling_group(live, k)
-            if group is not None and avoid not in group[1] and group[2] > 0:
-                u = max(self.utility[j] for j in group[1])
-                allowed = u < than and (config is None or (
-                    u < config.collapse_threshold and group[0] not in self.blocked))
-                if allowed and (best is None or u < best[0]):
-                    best = (u, group)
-        return best[1] if best else None
+    def groups(self) -> list[tuple[float, int, int, list[int], int]]:
+        """Collapsible groups (utility, position, parent, member indices, cost freed), lowest
+        utility first: raw blocks, and complete runs of sibling gists."""
+        if self._groups is None:
+            found = []
+            live = [(i, e) for i, e in enumerate(self.entries)
+                    if e is not None and i not in self.replace]
+            k = 0
+            while k < len(live):
+                i, e = live[k]
+                if e.raw:
+                    group, k = (e.node, [i], e.cost(self.tree) - 1), k + 1
+                else:
+                    group, k = self._sibling_group(live, k)
+                if group is not None:
+                    u = max(self.utility[j] for j in group[1])
+                    found.append((u, group[1][0], *group))
+            self._groups = sorted(found, key=lambda g: (g[0], g[1]))
+            self._used = [False] * len(self._groups)
+        return self._groups
 
     def _sibling_group(self, live: list[tuple[int, Entry]], k: int
                        ) -> tuple[tuple[int, list[int], int] | None, int]:

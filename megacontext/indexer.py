@@ -157,7 +157,7 @@ def _write(store: Store, plan: _Plan, trees: dict[str, FileTree], keys: dict[str
         computed = store.write_gists(*bank.new_items(blocks=True), blocks=True)
         computed += store.write_gists(*bank.new_items(blocks=False), blocks=False)
         store.replace_dir_nodes(dirs.table)
-        store.set_parents(dirs.root_ids, dirs.root_parents)
+        store.set_parents(dirs.root_ids, dirs.root_parents, dirs.root_ordinals)
         store.collect_gists(list(unused))  # queued; deleted in batches once unreferenced
         store.set_meta(meta)
         return _record(store, plan, trees, computed)
@@ -481,7 +481,8 @@ _FILES_SCHEMA = pa.schema([
 class _DirNodes:
     table: pa.Table
     root_ids: np.ndarray  # file root node ids …
-    root_parents: np.ndarray  # … and the directory node each now hangs under
+    root_parents: np.ndarray  # … the directory node each now hangs under …
+    root_ordinals: np.ndarray  # … and its position among that node's children
     old_keys: list[bytes]  # gist keys of the previous directory nodes (collect if unused)
 
 
@@ -511,10 +512,11 @@ def _dir_table(tree: DirTree, keys: list[bytes], root_ids: list[int], old_keys: 
     parent = np.full(n, -1, np.int64)
     ordinal = np.zeros(n, np.int32)
     file_parent = np.full(len(root_ids), -1, np.int64)
+    file_ordinal = np.zeros(len(root_ids), np.int32)
     for i, children in enumerate(tree.children):
         for pos, (is_file, k) in enumerate(children):
             if is_file:
-                file_parent[k] = i  # DIR_FILE_ID << LOCAL_BITS | i == i
+                file_parent[k], file_ordinal[k] = i, pos  # node id i: DIR_FILE_ID is 0
             else:
                 parent[k], ordinal[k] = i, pos
     table = pa.table({
@@ -530,7 +532,8 @@ def _dir_table(tree: DirTree, keys: list[bytes], root_ids: list[int], old_keys: 
     })
     ids = np.asarray(root_ids, np.int64)
     has_parent = file_parent >= 0
-    return _DirNodes(table, ids[has_parent], file_parent[has_parent], old_keys)
+    return _DirNodes(table, ids[has_parent], file_parent[has_parent], file_ordinal[has_parent],
+                     old_keys)
 
 
 # ---------------------------------------------------------------- pending changes

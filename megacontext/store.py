@@ -249,15 +249,30 @@ class Store:
         self.con.execute("DELETE FROM nodes WHERE file_id = ?", [DIR_FILE_ID])
         self._insert("nodes", table)
 
-    def set_parents(self, node_ids: np.ndarray, parent_ids: np.ndarray) -> None:
-        """Point file roots at their (rebuilt) directory nodes."""
+    def set_parents(self, node_ids: np.ndarray, parent_ids: np.ndarray, ordinals: np.ndarray
+                    ) -> None:
+        """Point file roots at their (rebuilt) directory nodes and positions there."""
         links = pa.table({"node_id": pa.array(node_ids, pa.int64()),
-                          "parent_id": pa.array(parent_ids, pa.int64())})
+                          "parent_id": pa.array(parent_ids, pa.int64()),
+                          "ordinal": pa.array(ordinals, pa.int32())})
         with self._registered("links", links):
             self.con.execute(
-                "UPDATE nodes SET parent_id = links.parent_id FROM links "
-                "WHERE nodes.node_id = links.node_id "
-                "AND nodes.parent_id IS DISTINCT FROM links.parent_id")
+                "UPDATE nodes SET parent_id = links.parent_id, ordinal = links.ordinal "
+                "FROM links WHERE nodes.node_id = links.node_id "
+                "AND (nodes.parent_id IS DISTINCT FROM links.parent_id "
+                "OR nodes.ordinal <> links.ordinal)")
+
+    def tree_table(self) -> pa.Table:
+        """What focusing needs of every node, ordered by node id."""
+        return self.con.sql(
+            "SELECT node_id, parent_id, ordinal, level, file_id, tok_start, tok_end, "
+            "line_start, line_end, symbol, kind, gist_key FROM nodes ORDER BY node_id"
+        ).to_arrow_table()
+
+    def paths(self) -> dict[int, str]:
+        """file_id -> path of the indexed files."""
+        return dict(self.con.execute(
+            "SELECT file_id, path FROM files WHERE status = 'indexed'").fetchall())
 
 
     def nodes(self, file_id: int | None = None) -> pa.Table:

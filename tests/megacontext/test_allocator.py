@@ -70,28 +70,40 @@ def test_allocator_invariants(shape: list, budget: int, steps: int, seed: int,
         new = result.entries
         assert covered(tree, new) == everything, "entries tile every block once, in order"
         assert cost(new, tree) <= budget, "within budget"
+        assert_edits_lead_to(tree, entries, result.edits, new)
         for edit in result.edits:
-            assert_legal(tree, entries, new, edit)
             assert step - last_change.get(edit.node, -10**9) > cooldown, (
                 f"node {edit.node} changed at {last_change[edit.node]} and again at {step}")
             last_change[edit.node] = step
         entries, cooldowns = new, result.cooldowns
 
 
-def assert_legal(tree: Tree, old: list[Entry], new: list[Entry], edit) -> None:
+def replay(tree: Tree, entries: list[Entry], edit) -> list[Entry]:
+    """Apply one edit, asserting that it is legal on these entries."""
     node = edit.node
     if edit.kind == "expand":
-        assert Entry(node) in old, "only an entry held as a gist expands"
-        if tree.is_block(node):
-            assert Entry(node, raw=True) in new
-        else:
-            assert all(Entry(int(c)) in new for c in tree.kids(node))
-    else:
-        assert edit.kind == "collapse" and Entry(node) in new
-        if tree.is_block(node):
-            assert Entry(node, raw=True) in old, "a block collapses from raw tokens"
-        else:
-            assert all(Entry(int(c)) in old for c in tree.kids(node)), "all siblings present"
+        assert Entry(node) in entries, "only an entry held as a gist expands"
+        at = entries.index(Entry(node))
+        grown = [Entry(node, raw=True)] if tree.is_block(node) else [
+            Entry(int(c)) for c in tree.kids(node)]
+        return entries[:at] + grown + entries[at + 1 :]
+    assert edit.kind == "collapse"
+    if tree.is_block(node):
+        assert Entry(node, raw=True) in entries, "a block collapses from its raw tokens"
+        at = entries.index(Entry(node, raw=True))
+        return [*entries[:at], Entry(node), *entries[at + 1:]]
+    kids = [Entry(int(c)) for c in tree.kids(node)]
+    assert kids[0] in entries, "all siblings present as gists"
+    at = entries.index(kids[0])
+    assert entries[at : at + len(kids)] == kids, "all siblings present as gists"
+    return [*entries[:at], Entry(node), *entries[at + len(kids):]]
+
+
+def assert_edits_lead_to(tree: Tree, old: list[Entry], edits: list, new: list[Entry]) -> None:
+    state = list(old)
+    for edit in edits:
+        state = replay(tree, state, edit)
+    assert state == new, "the edits, applied in order, give the new entries"
 
 
 def test_cold_start_is_the_root_and_expands_by_utility() -> None:
@@ -128,3 +140,22 @@ def test_hysteresis_keeps_middling_groups() -> None:
     config = AllocatorConfig(expand_threshold=0.0, collapse_threshold=-0.5)
     r = allocate(tree, entries, np.array([-0.2, -0.3, 3.0]), budget=3, config=config)
     assert r.entries == entries, "utility between the thresholds: neither kept nor traded"
+
+
+@settings(max_examples=150, deadline=None)
+@given(shape=shapes, budgets=st.lists(st.integers(1, 300), min_size=1, max_size=6),
+       seed=st.integers(0, 2**31 - 1))
+def test_shrinking_budget_always_fits(shape: list, budgets: list[int], seed: int) -> None:
+    """When the budget shrinks (a longer question), the step collapses until it fits."""
+    tree = make_tree(shape)
+    rng = np.random.default_rng(seed)
+    entries, cooldowns = cold_start(tree), {}
+    everything = blocks_in_order(tree, tree.root)
+    for budget in [400, *budgets]:
+        for _ in range(3):  # grow first, then shrink
+            result = allocate(tree, entries, rng.normal(0.5, 1, len(entries)), budget,
+                              cooldowns)
+            assert cost(result.entries, tree) <= budget
+            assert covered(tree, result.entries) == everything
+            assert_edits_lead_to(tree, entries, result.edits, result.entries)
+            entries, cooldowns = result.entries, result.cooldowns

@@ -67,6 +67,11 @@ def test_index_counts_and_coverage(code_repo: Path) -> None:
         assert sum(1 for n in nodes if n["parent_id"] is None) == 1, "one repository root"
         ids = {n["node_id"] for n in nodes}
         assert all(n["parent_id"] in ids for n in nodes if n["parent_id"] is not None)
+        siblings: dict[int, list[int]] = {}
+        for n in nodes:
+            if n["parent_id"] is not None:
+                siblings.setdefault(n["parent_id"], []).append(n["ordinal"])
+        assert all(sorted(o) == list(range(len(o))) for o in siblings.values()), "ordinals"
         assert report.tokens == sum(r.n_tokens for r in files.values())
         levels = {}
         for n in nodes:

@@ -1,0 +1,92 @@
+"""BM25 focus scorer: the interim scorer until LensNet, and afterwards its baseline
+(`--focus bm25`).
+
+Terms are the base model's own tokens, normalised (leading-space marker dropped,
+lower-cased), so the index needs no second tokenizer and no second copy of the text: the
+store already holds every block's token ids. Scores are computed per block with Okapi BM25
+(k1 = 1.2, b = 0.75) and carried up the tree as the best score underneath each node.
+(`bm25s` would need its index rebuilt on every change to the repository; this one is
+computed from the stored tokens when asked.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from megacontext.repo_tree import RepoTree
+
+
+@dataclass(frozen=True)
+class BM25Config:
+    k1: float = 1.2
+    b: float = 0.75
+    floor: float = 0.1  # utility = score / best score − floor: unmatched entries go negative
+
+
+class BM25Scorer:
+    """Scores every node of a repository tree for a question."""
+
+    def __init__(self, repo: RepoTree, file_tokens: dict[int, np.ndarray], tokenizer: Tokenizer,
+                 config: BM25Config = BM25Config()) -> None:
+        self.repo, self.config = repo, config
+        self.norm = _normalised_vocabulary(tokenizer)
+        self.tokenizer = tokenizer
+        blocks = repo.blocks()
+        self.blocks = blocks
+        lengths = (repo.tok_end[blocks] - repo.tok_start[blocks]).astype(np.int64)
+        self.length_norm = config.k1 * (1 - config.b + config.b * lengths / lengths.mean())
+        pieces = [file_tokens[int(f)][s:e] for f, s, e in
+                  zip(repo.file_id[blocks], repo.tok_start[blocks], repo.tok_end[blocks],
+                      strict=True)]
+        self.terms = self.norm[np.concatenate(pieces)] if pieces else np.zeros(0, np.int64)
+        self.block_of = np.repeat(np.arange(len(blocks)), lengths)
+
+    def block_scores(self, question: str) -> np.ndarray:
+        """(n_blocks,) BM25 score of each block for the question."""
+        ids = self.tokenizer.encode(question, add_special_tokens=False).ids
+        query = np.unique(self.norm[np.asarray(ids, np.int64)]) if ids else np.zeros(0, int)
+        scores = np.zeros(len(self.blocks))
+        if len(query) == 0:
+            return scores
+        hits = np.flatnonzero(np.isin(self.terms, query))
+        n = len(self.blocks)
+        k1 = self.config.k1
+        for term in query:
+            at = hits[self.terms[hits] == term]
+            if len(at) == 0:
+                continue
+            tf = np.bincount(self.block_of[at], minlength=n).astype(np.float64)
+            df = np.count_nonzero(tf)
+            idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+            scores += idf * tf * (k1 + 1) / (tf + self.length_norm)
+        return scores
+
+    def node_scores(self, question: str) -> np.ndarray:
+        """(N,) best block score under each node."""
+        repo = self.repo
+        scores = np.zeros(repo.size)
+        scores[self.blocks] = self.block_scores(question)
+        parent = repo.tree.parent
+        for level in range(1, int(repo.level.max())):
+            at = np.flatnonzero((repo.level == level) & (parent >= 0))
+            np.maximum.at(scores, parent[at], scores[at])
+        return scores
+
+    def utilities(self, node_scores: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+        """Signed utilities of the given nodes: positive where the question matches."""
+        best = float(node_scores.max()) or 1.0
+        return node_scores[nodes] / best - self.config.floor
+
+
+def _normalised_vocabulary(tokenizer: Tokenizer) -> np.ndarray:
+    """token id -> id of its normalised form (no leading-space marker, lower case)."""
+    vocab = tokenizer.get_vocab()
+    forms: dict[str, int] = {}
+    norm = np.zeros(max(vocab.values()) + 1, np.int64)
+    for token, i in vocab.items():
+        form = token.lstrip("Ġ▁ ").lower() or token
+        norm[i] = forms.setdefault(form, len(forms))
+    return norm
