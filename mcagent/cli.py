@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -14,10 +14,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+import prompts
 from ingest.errors import IngestError
 from mcagent import render
 from mcagent.config import ConfigError, Settings, load_settings
 from megacontext.adapter import BaseModel, load_base_model
+from megacontext.ask import AskConfig, AskSession
 from megacontext.errors import MegaContextError
 from megacontext.gist import default_gist_model
 from megacontext.indexer import index_repository, pending_changes
@@ -80,8 +82,56 @@ def status(path: PathArg = Path("."), as_json: JsonOpt = False) -> None:
         render.status_report(out, report)
 
 
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="What to ask about the repository.")],
+    repo: Annotated[Path, typer.Option("--repo", "-C", help="Repository root.")] = Path("."),
+    budget: Annotated[int | None, typer.Option(
+        help="Positions the model sees (default 2048 on CPU, 8192 on GPU).")] = None,
+    model: ModelOpt = None,
+    focus: Annotated[str, typer.Option(help="Focus scorer: bm25.")] = "bm25",
+    max_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
+    show_focus: Annotated[bool, typer.Option(
+        "--show-focus", help="Show every file with the level it is held at.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a question over the whole repository, citing what it focused on."""
+    if not question.strip():
+        raise typer.BadParameter("the question is empty", param_hint="QUESTION")
+    if focus != "bm25":
+        raise typer.BadParameter(f"unknown scorer {focus!r}; available: bm25", param_hint="--focus")
+    with _user_errors():
+        settings = _settings(repo, model=model)
+        base = _load_model(settings)
+        with _progress() as progress:
+            index_repository(settings.root, base, default_gist_model(base.token_norm),
+                             settings.index, progress)
+        config = AskConfig(budget=budget or (2048 if base.device.type == "cpu" else 8192),
+                           max_new_tokens=max_tokens)
+        with Store.open(db_path(settings.root), read_only=True) as store:
+            session = AskSession(store, base, settings.root.name, config)
+            stream = None if as_json else _stream_to(out)
+            result = session.ask(question, prompts.render("ask_system",
+                                                          repository=settings.root.name),
+                                 stream)
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
+    if as_json:
+        print(json.dumps(render.ask_json(result), indent=2))
+        return
+    render.ask_report(out, result, show_focus)
+
+
 def main() -> None:
     app()
+
+
+def _stream_to(console: Console) -> Callable[[str], None]:
+    def write(text: str) -> None:
+        console.file.write(text)
+        console.file.flush()
+
+    return write
 
 
 def _settings(path: Path, **flags: object) -> Settings:

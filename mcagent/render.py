@@ -6,7 +6,9 @@ from dataclasses import asdict
 
 from rich.console import Console
 from rich.table import Table
+from rich.tree import Tree
 
+from megacontext.ask import AskResult
 from megacontext.indexer import Changes, IndexReport
 
 
@@ -71,3 +73,44 @@ def _summary_tables(console: Console, files: int, tokens: int, by_language: dict
     console.print(f"tokens: {tokens:,}   nodes by level: "
                   + ", ".join(f"L{k} {v:,}" for k, v in sorted(levels.items(), key=lambda x:
                                                                int(x[0]))))
+
+
+def ask_json(result: AskResult) -> dict[str, object]:
+    return {
+        "answer": result.answer,
+        "citations": [{"path": s.path, "start": s.line_start, "end": s.line_end,
+                       "symbol": s.symbol} for s in result.focus],
+        "focus": {path: {("raw" if lv == 0 else f"L{lv}"): n for lv, n in levels.items()}
+                  for path, levels in result.levels_by_file.items()},
+        "tokens": result.tokens,
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        "warnings": result.warnings,
+    }
+
+
+def ask_report(console: Console, result: AskResult, show_focus: bool) -> None:
+    """After the streamed answer: the spans held at full resolution, then the numbers."""
+    console.print()
+    console.print("[bold]Focus[/] (held at full resolution):")
+    for span in result.focus[:40] or []:
+        console.print(f"  {span}  [dim]{span.symbol}[/]", highlight=False)
+    if not result.focus:
+        console.print("  [dim](nothing: every part of the repository is held as gists)[/]")
+    t, tk = result.timings, result.tokens
+    console.print(
+        f"[dim]{tk['context']:,} positions of {tk['budget']:,} for "
+        f"{tk['repository_tokens']:,} repository tokens ({tk['raw_tokens']:,} raw tokens, "
+        f"{tk['gists']:,} gists); score {t['score'] * 1000:.0f} ms, allocate "
+        f"{t['allocate'] * 1000:.0f} ms, assemble {t['assemble'] * 1000:.0f} ms, prefill "
+        f"{t['prefill']:.1f} s, decode {t['decode_tokens_per_s']:.1f} tokens/s[/]")
+    if show_focus:
+        console.print(_focus_tree(result))
+
+
+def _focus_tree(result: AskResult) -> Tree:
+    root = Tree("[bold]repository[/] (level each file is held at; raw = full text)")
+    for path, levels in result.levels_by_file.items():
+        shown = ", ".join(("raw" if lv == 0 else f"L{lv}") + (f"×{n}" if n > 1 else "")
+                          for lv, n in sorted(levels.items()))
+        root.add(f"{path}  [dim]{shown}[/]")
+    return root

@@ -86,7 +86,9 @@ class BaseModel:
         """The full model, frozen and in eval mode (loaded on first call)."""
         if self._lm is None:
             from transformers import AutoModelForCausalLM
+            from transformers.utils import logging as hf_logging
 
+            hf_logging.disable_progress_bar()  # the CLI shows its own status line
             lm = AutoModelForCausalLM.from_pretrained(self._source(), dtype=self.dtype)
             self._lm = lm.to(self.device).eval().requires_grad_(False)
         return self._lm

@@ -23,7 +23,9 @@ from megacontext.repo_tree import RepoTree
 class BM25Config:
     k1: float = 1.2
     b: float = 0.75
-    floor: float = 0.1  # utility = score / best score − floor: unmatched entries go negative
+    # utility = score / best score − floor: only entries holding a block that scores at least
+    # this share of the best block expand; the rest stay compressed.
+    floor: float = 0.5
 
 
 class BM25Scorer:

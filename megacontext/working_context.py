@@ -91,9 +91,10 @@ class WorkingContext:
     def generate(self, max_new_tokens: int) -> Iterator[int]:
         """Stream the answer's tokens (greedy) after the current context."""
         logits = self.prefill()
-        yield from self._continue(logits, max_new_tokens)
+        yield from self.decode(logits, max_new_tokens)
 
-    def _continue(self, logits: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
+    def decode(self, logits: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
+        """Stream greedy tokens after `prefill`'s logits; the context is left as it was."""
         try:
             yield from self.model.decode(logits, self._cache, self.length, max_new_tokens)
         finally:

@@ -101,3 +101,34 @@ def test_config_file_sets_max_file_bytes(code_repo: Path) -> None:
     result = run("index", str(code_repo), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["skipped"].get("too-large", 0) >= 4
+
+
+def test_ask_end_to_end_within_budget(code_repo: Path) -> None:
+    """Indexes first (not indexed yet), focuses, answers; citations exist in the files."""
+    result = run("ask", "What does top_level return?", "--repo", str(code_repo), "--budget",
+                 "384", "--max-tokens", "8", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["tokens"]["context"] <= 384 and data["tokens"]["budget"] == 384
+    assert data["tokens"]["entries"] >= 1
+    assert data["citations"], "something is held at full resolution"
+    for c in data["citations"]:
+        lines = (code_repo / c["path"]).read_text().splitlines()
+        assert 1 <= c["start"] <= c["end"] <= len(lines), c
+    assert any(c["path"] == "pkg/sample.py" for c in data["citations"]), data["citations"]
+    assert set(data["timings"]) >= {"score", "allocate", "assemble", "prefill", "decode"}
+
+
+def test_ask_rejects_an_empty_question(code_repo: Path) -> None:
+    result = run("ask", "  ", "--repo", str(code_repo))
+    assert result.exit_code == 2 and "empty" in result.output
+
+
+def test_ask_shortens_a_long_question(code_repo: Path) -> None:
+    question = "Explain the code. " * 200
+    result = run("ask", question, "--repo", str(code_repo), "--budget", "384", "--max-tokens",
+                 "2", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["warnings"] and "kept the first 96" in data["warnings"][0]
+    assert data["tokens"]["context"] <= 384

@@ -1,0 +1,215 @@
+"""Answer a question over the whole repository: score → allocate → assemble → generate.
+
+The working context always covers the whole repository (the allocator's entries tile it),
+at the resolution the question's scores ask for, inside a fixed budget of positions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from megacontext.adapter import BaseModel
+from megacontext.allocator import AllocatorConfig, Entry, allocate, cold_start, cost
+from megacontext.bm25 import BM25Config, BM25Scorer
+from megacontext.errors import MegaContextError
+from megacontext.repo_tree import RepoTree, load_repo_tree
+from megacontext.store import Store
+from megacontext.working_context import Piece, WorkingContext
+
+SLOT = "<<<mcagent-repository-context>>>"
+USER_TEMPLATE = ("Repository {name} ({files} files; parts out of focus are compressed):\n"
+                 "{slot}\n\nQuestion: {question}")
+
+
+@dataclass(frozen=True)
+class AskConfig:
+    """How one question is answered."""
+
+    budget: int = 2048  # positions the model sees: template + entries + question
+    max_new_tokens: int = 256  # longest answer
+    rounds: int = 48  # refocusing steps before the context is assembled
+    question_share: float = 0.25  # a question may take at most this share of the budget
+    allocator: AllocatorConfig = field(default_factory=AllocatorConfig)
+    bm25: BM25Config = field(default_factory=BM25Config)
+
+
+@dataclass(frozen=True)
+class Span:
+    """A span held at full resolution: what the answer can cite."""
+
+    path: str
+    line_start: int
+    line_end: int
+    symbol: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line_start}-{self.line_end}"
+
+
+@dataclass
+class AskResult:
+    answer: str
+    focus: list[Span]
+    levels_by_file: dict[str, dict[int, int]]  # path -> {0 (raw) or node level: entries}
+    tokens: dict[str, int]
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+
+class AskSession:
+    """A loaded index, ready to answer questions (loading is the slow part; asking is not)."""
+
+    def __init__(self, store: Store, model: BaseModel, name: str,
+                 config: AskConfig = AskConfig()) -> None:
+        started = time.perf_counter()
+        self.store, self.model, self.name, self.config = store, model, name, config
+        self.repo: RepoTree = load_repo_tree(store)
+        self.file_tokens = store.all_tokens()
+        self.scorer = BM25Scorer(self.repo, self.file_tokens, model.tokenizer, config.bm25)
+        model.causal_lm()  # load the network now, so the stage timings below are its own
+        self.load_seconds = time.perf_counter() - started
+
+    def ask(self, question: str, system: str, on_text: Callable[[str], None] | None = None
+            ) -> AskResult:
+        """Focus on the question, assemble the context and stream the answer."""
+        timings: dict[str, float] = {"load": self.load_seconds}
+        warnings: list[str] = []
+        question = self._fit_question(question, warnings)
+        before, after = self.model.chat_ids(system, self._user_text(question), SLOT)
+        entry_budget = self.config.budget - len(before) - len(after)
+        if entry_budget < 1:
+            raise MegaContextError(f"--budget {self.config.budget} leaves no room for the "
+                                   "repository: raise it")
+        entries = self.focus(question, entry_budget, timings)
+        t = time.perf_counter()
+        wc = WorkingContext(self.model, before, after)
+        wc.pieces = self.pieces(entries)
+        timings["assemble"] = time.perf_counter() - t
+        answer = self._generate(wc, on_text, timings)
+        return AskResult(
+            answer=answer, focus=self.spans(entries), levels_by_file=self.levels(entries),
+            tokens={"context": wc.length, "template_and_question": len(before) + len(after),
+                    "entries": len(entries), "raw_tokens": sum(e.cost(self.repo.tree)
+                                                              for e in entries if e.raw),
+                    "gists": sum(1 for e in entries if not e.raw), "budget": self.config.budget,
+                    "repository_tokens": int(sum(len(v) for v in self.file_tokens.values()))},
+            timings=timings, warnings=warnings,
+        )
+
+    def focus(self, question: str, budget: int, timings: dict[str, float]) -> list[Entry]:
+        """Cold start, then refocus until the allocator makes no more edits."""
+        t = time.perf_counter()
+        scores = self.scorer.node_scores(question)
+        timings["score"] = time.perf_counter() - t
+        t = time.perf_counter()
+        tree, entries, cooldowns = self.repo.tree, cold_start(self.repo.tree), {}
+        for _ in range(self.config.rounds):
+            nodes = np.fromiter((e.node for e in entries), np.int64, len(entries))
+            utilities = self.scorer.utilities(scores, nodes)
+            step = allocate(tree, entries, utilities, budget, cooldowns, self.config.allocator)
+            if not step.edits:
+                break
+            entries, cooldowns = step.entries, step.cooldowns
+        assert cost(entries, tree) <= budget
+        timings["allocate"] = time.perf_counter() - t
+        return entries
+
+    def pieces(self, entries: list[Entry]) -> list[Piece]:
+        """Raw blocks through the embedding table, gists as stored."""
+        repo, dim = self.repo, self.model.dim
+        gists = [e.node for e in entries if not e.raw]
+        keys = [repo.gist_key[n] for n in gists]
+        vectors = self.store.gist_vectors([k for k, n in zip(keys, gists, strict=True)
+                                           if repo.level[n] > 1], dim)
+        vectors |= self.store.gist_vectors([k for k, n in zip(keys, gists, strict=True)
+                                            if repo.level[n] == 1], dim, blocks=True)
+        out = []
+        for e in entries:
+            n = e.node
+            if e.raw:
+                ids = self.file_tokens[int(repo.file_id[n])][repo.tok_start[n] : repo.tok_end[n]]
+                out.append(Piece(("raw", n), self.model.embed(torch.from_numpy(ids.astype(
+                    np.int64)))))
+            else:
+                vec = torch.from_numpy(vectors[repo.gist_key[n]].astype(np.float32))[None]
+                out.append(Piece(("gist", n), vec))
+        return out
+
+    def spans(self, entries: list[Entry]) -> list[Span]:
+        """Raw entries merged into line spans per file, in timeline order."""
+        repo, spans = self.repo, []
+        for e in entries:
+            if not e.raw:
+                continue
+            n = e.node
+            path = repo.paths.get(int(repo.file_id[n]), "?")
+            lo, hi = max(int(repo.line_start[n]), 1), max(int(repo.line_end[n]), 1)
+            if spans and spans[-1].path == path and spans[-1].line_end >= lo - 1:
+                last = spans[-1]
+                symbol = last.symbol if last.symbol == repo.symbol[n] else _common(
+                    last.symbol, repo.symbol[n])
+                spans[-1] = Span(path, last.line_start, max(hi, last.line_end), symbol)
+            else:
+                spans.append(Span(path, lo, hi, repo.symbol[n]))
+        return spans
+
+    def levels(self, entries: list[Entry]) -> dict[str, dict[int, int]]:
+        out: dict[str, dict[int, int]] = {}
+        for e in entries:
+            n = e.node
+            fid = int(self.repo.file_id[n])
+            where = self.repo.paths.get(fid, "?") if fid else self.repo.symbol[n] + "/"
+            level = 0 if e.raw else int(self.repo.level[n])
+            out.setdefault(where, {}).setdefault(level, 0)
+            out[where][level] += 1
+        return out
+
+    def _user_text(self, question: str) -> str:
+        return USER_TEMPLATE.format(name=self.name, files=len(self.repo.paths), slot=SLOT,
+                                    question=question)
+
+    def _fit_question(self, question: str, warnings: list[str]) -> str:
+        """A question longer than its share of the budget is cut, with a warning."""
+        ids = self.model.tokenizer.encode(question, add_special_tokens=False).ids
+        limit = int(self.config.budget * self.config.question_share)
+        if len(ids) <= limit:
+            return question
+        warnings.append(f"the question has {len(ids)} tokens; kept the first {limit} "
+                        f"({self.config.question_share:.0%} of the budget)")
+        return self.model.tokenizer.decode(ids[:limit])
+
+    def _generate(self, wc: WorkingContext, on_text: Callable[[str], None] | None,
+                  timings: dict[str, float]) -> str:
+        t = time.perf_counter()
+        logits = wc.prefill()
+        timings["prefill"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ids: list[int] = []
+        text = ""
+        for token in wc.decode(logits, self.config.max_new_tokens):
+            ids.append(token)
+            new = self.model.tokenizer.decode(ids)
+            if on_text is not None and len(new) > len(text) and not new.endswith("\ufffd"):
+                on_text(new[len(text) :])
+                text = new
+        final = self.model.tokenizer.decode(ids)
+        if on_text is not None and len(final) > len(text):
+            on_text(final[len(text) :])
+        seconds = time.perf_counter() - t
+        timings["decode"] = seconds
+        timings["decode_tokens_per_s"] = len(ids) / seconds if seconds > 0 else 0.0
+        timings["answer_tokens"] = float(len(ids))
+        return final
+
+
+def _common(a: str, b: str) -> str:
+    pa, pb = a.split("."), b.split(".")
+    n = 0
+    while n < min(len(pa), len(pb)) and pa[n] == pb[n]:
+        n += 1
+    return ".".join(pa[:n])
