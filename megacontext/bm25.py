@@ -43,8 +43,13 @@ class BM25Scorer:
         pieces = [file_tokens[int(f)][s:e] for f, s, e in
                   zip(repo.file_id[blocks], repo.tok_start[blocks], repo.tok_end[blocks],
                       strict=True)]
-        self.terms = self.norm[np.concatenate(pieces)] if pieces else np.zeros(0, np.int64)
-        self.block_of = np.repeat(np.arange(len(blocks)), lengths)
+        terms = self.norm[np.concatenate(pieces)] if pieces else np.zeros(0, np.int64)
+        block_of = np.repeat(np.arange(len(blocks)), lengths)
+        # Postings: the blocks of every occurrence, grouped by term (built once per session;
+        # a question then touches only its own terms' occurrences).
+        order = np.argsort(terms, kind="stable")
+        self.postings = block_of[order].astype(np.int32)
+        self.term_start = np.searchsorted(terms[order], np.arange(len(self.norm) + 1))
 
     def block_scores(self, question: str) -> np.ndarray:
         """(n_blocks,) BM25 score of each block for the question."""
@@ -53,14 +58,13 @@ class BM25Scorer:
         scores = np.zeros(len(self.blocks))
         if len(query) == 0:
             return scores
-        hits = np.flatnonzero(np.isin(self.terms, query))
         n = len(self.blocks)
         k1 = self.config.k1
         for term in query:
-            at = hits[self.terms[hits] == term]
+            at = self.postings[self.term_start[term] : self.term_start[term + 1]]
             if len(at) == 0:
                 continue
-            tf = np.bincount(self.block_of[at], minlength=n).astype(np.float64)
+            tf = np.bincount(at, minlength=n).astype(np.float64)
             df = np.count_nonzero(tf)
             idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
             scores += idf * tf * (k1 + 1) / (tf + self.length_norm)

@@ -1,0 +1,36 @@
+"""BM25 focus scores on the real tokenizer: the right block wins, scores carry up the tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from megacontext.adapter import BaseModel
+from megacontext.bm25 import BM25Scorer
+from megacontext.gist import default_gist_model
+from megacontext.indexer import index_repository
+from megacontext.repo_tree import load_repo_tree
+from megacontext.store import Store, db_path
+
+pytestmark = pytest.mark.model
+
+
+def test_best_block_and_propagation(code_repo: Path, real_model: BaseModel) -> None:
+    index_repository(code_repo, real_model, default_gist_model(real_model.token_norm))
+    with Store.open(db_path(code_repo), read_only=True) as store:
+        repo = load_repo_tree(store)
+        scorer = BM25Scorer(repo, store.all_tokens(), real_model.tokenizer)
+    scores = scorer.node_scores("greeting hello")
+    blocks = repo.blocks()
+    best = blocks[np.argmax(scores[blocks])]
+    assert repo.paths[int(repo.file_id[best])] == "pkg/sample.py"
+    assert repo.symbol[best].startswith("pkg.sample.Greeter"), repo.symbol[best]
+    assert scores[repo.tree.root] == scores.max(), "the root holds the best score below it"
+    parent = repo.tree.parent
+    has = parent >= 0
+    assert (scores[parent[has]] >= scores[has]).all(), "a node scores at least its children"
+    utilities = scorer.utilities(scores, np.arange(repo.size))
+    assert utilities.max() == pytest.approx(1 - scorer.config.floor)
+    assert (scorer.node_scores("zzzqqq") == 0).all(), "no match, no score"
