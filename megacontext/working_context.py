@@ -43,6 +43,7 @@ class WorkingContext:
         self._cache: object | None = None
         self._cached: list[Hashable] = []  # keys of the pieces the cache was computed for
         self._cached_lengths: list[int] = []
+        self.reused = 0  # positions the last prefill took from the cache
 
     def _template_piece(self, name: str, ids: list[int]) -> Piece:
         tensor = torch.tensor(ids, dtype=torch.long)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ from typer.testing import CliRunner
 
 from mcagent.cli import app
 from megacontext.store import MIGRATIONS, Store, db_path
+from tests.conftest import lock_held
 
 pytestmark = pytest.mark.model
 runner = CliRunner()
@@ -79,16 +78,8 @@ def test_error_model_not_found(code_repo: Path, tmp_path: Path) -> None:
 
 def test_error_locked(code_repo: Path) -> None:
     assert run("index", str(code_repo)).exit_code == 0
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]);"
-         " print('ready', flush=True); time.sleep(30)", str(db_path(code_repo))],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with lock_held(db_path(code_repo)):
         one_line_error(run("index", str(code_repo)), "in use by another mcagent process")
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_error_bad_config(code_repo: Path) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from megacontext.gist import MeanPoolGist
 from megacontext.indexer import index_repository, pending_changes
 from megacontext.store import DB_FOLDER, LOCAL_BITS, Store, db_path
 from megacontext.tree import header_text
-from tests.conftest import tiny_model
+from tests.conftest import lock_held, tiny_model
 
 MODEL = tiny_model()
 GIST = MeanPoolGist(MODEL.token_norm)
@@ -202,18 +200,10 @@ def test_unreadable_file_writes_nothing(code_repo: Path, monkeypatch: pytest.Mon
 
 def test_locked_index_writes_nothing(code_repo: Path) -> None:
     index(code_repo)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]);"
-         " print('ready', flush=True); time.sleep(30)", str(db_path(code_repo))],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with lock_held(db_path(code_repo)):
         (code_repo / "main.py").write_text("print('v2')\n")
         with pytest.raises(StoreLocked):
             index(code_repo)
-    finally:
-        holder.kill()
-        holder.wait()
     assert index(code_repo).processed_paths == ["main.py"]
 
 

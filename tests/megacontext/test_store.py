@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pytest
 
 from megacontext.errors import NotIndexed, SchemaTooNew, StoreLocked
 from megacontext.store import MIGRATIONS, SCHEMA_VERSION, Store
+from tests.conftest import lock_held
 
 
 def test_migrations_on_empty_database(tmp_path: Path) -> None:
@@ -55,20 +54,10 @@ def test_missing_database_read_only(tmp_path: Path) -> None:
 def test_locked_by_another_process(tmp_path: Path) -> None:
     path = tmp_path / "db.duckdb"
     Store.open(path).close()
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('ready', flush=True);"
-         " time.sleep(30)", str(path)],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with lock_held(path):
         for read_only in (False, True):
             with pytest.raises(StoreLocked, match="in use by another mcagent process"):
                 Store.open(path, read_only=read_only)
-    finally:
-        holder.kill()
-        holder.wait()
     time.sleep(0.1)
     Store.open(path).close()  # usable again once the other process is gone
 
