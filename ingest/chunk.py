@@ -54,7 +54,7 @@ def chunk_file(path: str, text: str, language: str | None = None) -> list[Chunk]
     module = module_path(path)
     starts = _line_starts(text)
     if language in SPECS:
-        cuts = _code_cuts(text, SPECS[language], module)
+        cuts = _code_cuts(text, starts, SPECS[language], module)
     elif language in ("markdown", "restructuredtext"):
         cuts = _section_cuts(text, starts, module)
     else:
@@ -73,13 +73,13 @@ def module_path(path: str) -> str:
 _Cut = tuple[int, str, str]
 
 
-def _code_cuts(text: str, spec: LanguageSpec, module: str) -> list[_Cut]:
+def _code_cuts(text: str, char_starts: list[int], spec: LanguageSpec, module: str
+               ) -> list[_Cut]:
     data = text.encode("utf-8")
     tree = parser_for(spec.name).parse(data)
     marks: list[tuple[int, int, str, str]] = [(0, 0, "gap", module)]
     _collect(tree.root_node.named_children, spec, module, ("gap", module), marks)
-    byte_starts = _byte_line_starts(data)
-    char_starts = _line_starts(text)
+    byte_starts = _line_starts(data)
     snapped = []
     for byte, is_start, kind, symbol in marks:
         line = bisect.bisect_right(byte_starts, byte) - 1
@@ -225,25 +225,15 @@ def _is_tiny(text: str, piece: list) -> bool:
     return len(text[piece[0] : piece[1]].strip()) <= _TINY
 
 
-def _line_starts(text: str) -> list[int]:
+def _line_starts(text: str | bytes) -> list[int]:
+    """Offsets where each line starts (of a str in characters, of bytes in bytes)."""
+    newline = "\n" if isinstance(text, str) else b"\n"
     starts = [0]
     find = text.find
-    i = find("\n")
+    i = find(newline)
     while i != -1:
         starts.append(i + 1)
-        i = find("\n", i + 1)
+        i = find(newline, i + 1)
     if starts[-1] == len(text) and len(starts) > 1:
         starts.pop()  # no empty line after a final newline
-    return starts
-
-
-def _byte_line_starts(data: bytes) -> list[int]:
-    starts = [0]
-    find = data.find
-    i = find(b"\n")
-    while i != -1:
-        starts.append(i + 1)
-        i = find(b"\n", i + 1)
-    if starts[-1] == len(data) and len(starts) > 1:
-        starts.pop()
     return starts
