@@ -122,6 +122,57 @@ def ask(
     render.ask_report(out, result, show_focus)
 
 
+train_app = typer.Typer(no_args_is_help=True, help="Train the learned parts for a base model.")
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("gistnet")
+def train_gistnet_command(
+    out_dir: Annotated[Path, typer.Option(
+        "--out", help="Folder for checkpoints and the exported weights.")] = Path("gistnet-run"),
+    lib: Annotated[Path | None, typer.Option(
+        help="The interpreter's standard library (Lib/); default: this Python's.")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps in all.")] = 1500,
+    batch: Annotated[int, typer.Option(min=1, help="Level-1 examples per step.")] = 8,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = 8e-4,
+    seed: int = 0,
+    hours: Annotated[float | None, typer.Option(
+        min=0.0, help="Stop (with a checkpoint) after this long; rerun to resume.")] = None,
+    model: ModelOpt = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    dtype: Annotated[str, typer.Option(
+        help="The frozen base model's dtype (bfloat16 is fastest on modern CPUs).")] = "bfloat16",
+) -> None:
+    """Train GistNet on the standard library with the base model frozen (resumable)."""
+    import sysconfig
+
+    from megacontext.adapter import ModelConfig
+    from megacontext.train.gistnet import TrainConfig, train_gistnet
+
+    with _user_errors():
+        lib_dir = lib if lib is not None else Path(sysconfig.get_paths()["stdlib"])
+        if not (lib_dir / "os.py").is_file():
+            raise ConfigError(f"{lib_dir} is not a Python standard library (no os.py)")
+        settings = _settings(Path("."), model=model)
+        config = ModelConfig(name=settings.model.name, cache_dir=settings.model.cache_dir,
+                             device=device, dtype=dtype)
+        base = _load_model(Settings(settings.root, config, settings.index))
+        train = TrainConfig(lib=lib_dir.resolve(), out=out_dir.resolve(), steps=steps,
+                            batch=batch, lr=lr, seed=seed)
+
+        def report(step: int, total: int, m: dict[str, float]) -> None:
+            line = (f"step {step}/{total}  level {int(m['level'])}  loss {m['loss']:.3f}  "
+                    f"kl {m['kl']:.3f}  nll gist {m['nll_gist']:.3f} raw {m['nll_raw']:.3f}")
+            if "l1_recovery" in m:
+                line += (f"  | held-out recovery L1 {m['l1_recovery']:.3f} "
+                         f"L2 {m['l2_recovery']:.3f}")
+            err.print(line, highlight=False)
+
+        state = train_gistnet(train, base, report,
+                              stop_after=hours * 3600 if hours is not None else None)
+        out.print(f"GistNet at step {state.step}/{steps}: weights in {out_dir}")
+
+
 def main() -> None:
     app()
 

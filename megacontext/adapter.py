@@ -118,6 +118,21 @@ class BaseModel:
                                    use_cache=True)
         return out.logits, out.past_key_values
 
+    def batch_forward(self, embeds: torch.Tensor, cache: object | None = None
+                      ) -> tuple[torch.Tensor, object]:
+        """(B, T, D) embeddings continuing `cache` (same length for every row) -> (B, T, V)
+        logits and the extended cache. Gradients flow to `embeds` wherever autograd is on
+        (the weights stay frozen): how GistNet learns through the base model."""
+        from transformers import DynamicCache
+
+        B, T, _ = embeds.shape
+        cache = cache if cache is not None else DynamicCache()
+        start = cache.get_seq_length()
+        positions = torch.arange(start, start + T, device=self.device)[None].expand(B, T)
+        out = self.causal_lm()(inputs_embeds=embeds.to(self.device, self.dtype),
+                               position_ids=positions, past_key_values=cache, use_cache=True)
+        return out.logits, out.past_key_values
+
     def decode(self, logits: torch.Tensor, cache: object, position: int, max_new_tokens: int
                ) -> Iterator[int]:
         """Greedy tokens after a forward pass's (1, T, V) logits, one at a time, extending the

@@ -292,24 +292,34 @@ def _row(file_id: int, path: str, status: str, entry: FileEntry | None = None,
 
 def _build_trees(plan: _Plan, model: BaseModel, config: IndexConfig, progress: Progress
                  ) -> dict[str, FileTree]:
-    """Chunk and tokenize the files to (re)build, in batches, into their trees."""
-    paths = list(plan.texts)
+    """Chunk and tokenize the files to (re)build into their trees."""
+    trees = file_trees(plan.texts, model, config.tree, config.files_per_batch, progress)
+    plan.texts.clear()  # the trees hold what is needed now
+    return trees
+
+
+def file_trees(texts: dict[str, str], model: BaseModel, tree: TreeConfig | None = None,
+               files_per_batch: int = 256, progress: Progress | None = None
+               ) -> dict[str, FileTree]:
+    """Chunk and tokenize files (path -> text) into their trees, in batches: what `index`
+    stores, and what training reads."""
+    tree = tree if tree is not None else TreeConfig()
+    paths = list(texts)
     trees: dict[str, FileTree] = {}
-    for lo in range(0, len(paths), config.files_per_batch):
-        batch = paths[lo : lo + config.files_per_batch]
-        chunked = [chunk_file(p, plan.texts[p]) for p in batch]
+    for lo in range(0, len(paths), files_per_batch):
+        batch = paths[lo : lo + files_per_batch]
+        chunked = [chunk_file(p, texts[p]) for p in batch]
         pieces = [header_text(p) for p in batch] + [c.text for cs in chunked for c in cs]
         encodings = model.encode(pieces)
         headers, rest = encodings[: len(batch)], encodings[len(batch) :]
         at = 0
         for path, chunks, header in zip(batch, chunked, headers, strict=True):
             trees[path] = build_file_tree(chunks, rest[at : at + len(chunks)], header,
-                                          module_path(path), config.tree)
+                                          module_path(path), tree)
             at += len(chunks)
             assert len(trees[path].level) < 1 << LOCAL_BITS, f"{path}: too many nodes"
-        progress("chunk+tokenize", min(lo + len(batch), len(paths)), len(paths))
-    for path in paths:
-        del plan.texts[path]  # the trees hold what is needed now
+        if progress is not None:
+            progress("chunk+tokenize", min(lo + len(batch), len(paths)), len(paths))
     return trees
 
 

@@ -1,0 +1,174 @@
+"""GistNet: ≤32 child vectors → one vector in the base model's input-embedding space.
+
+A small bidirectional transformer over the children (token embeddings at level 1, child
+gists above), pooled by a learned query, projected back to the base model's width and
+scaled to the norm of real token embeddings (times a learned gain), so a gist sits where
+the base model expects a token. The same weights serve every level: a level embedding
+tells them apart (levels above the highest trained one share its embedding).
+
+Padding never changes the output: padded children are never attended to, and the pooled
+query reads only real children.
+
+Weights travel as safetensors plus a JSON manifest (config, base model, data, steps, seed,
+loss curve, commit). The gist model's `id` is derived from the weights themselves, so a new
+version gets a new id and the indexer recomputes cached gists bottom-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megacontext.gist import MAX_CHILDREN
+
+WEIGHTS_FOLDER = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class GistNetConfig:
+    dim: int  # the base model's embedding width (input and output)
+    width: int = 512  # the transformer's own width
+    layers: int = 2
+    heads: int = 8
+    ffn: int = 1024
+    levels: int = 2  # levels with their own embedding; higher levels share the last
+    max_children: int = MAX_CHILDREN
+
+
+class _Block(nn.Module):
+    """Pre-norm bidirectional self-attention + MLP with a key-padding mask."""
+
+    def __init__(self, c: GistNetConfig) -> None:
+        super().__init__()
+        self.heads = c.heads
+        self.norm1 = nn.LayerNorm(c.width)
+        self.qkv = nn.Linear(c.width, 3 * c.width)
+        self.out = nn.Linear(c.width, c.width)
+        self.norm2 = nn.LayerNorm(c.width)
+        self.mlp = nn.Sequential(nn.Linear(c.width, c.ffn), nn.GELU(), nn.Linear(c.ffn, c.width))
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        B, K, W = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, K, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        x = x + self.out(a.transpose(1, 2).reshape(B, K, W))
+        return x + self.mlp(self.norm2(x))
+
+
+class GistNet(nn.Module):
+    """The learned compressor; implements `megacontext.gist.GistModel`."""
+
+    def __init__(self, config: GistNetConfig, token_norm: float) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.token_norm = float(token_norm)
+        self.inp = nn.Linear(c.dim, c.width)
+        self.position = nn.Parameter(torch.randn(c.max_children, c.width) * 0.02)
+        self.level_embedding = nn.Parameter(torch.randn(c.levels, c.width) * 0.02)
+        self.blocks = nn.ModuleList(_Block(c) for _ in range(c.layers))
+        self.query = nn.Parameter(torch.randn(c.width) * 0.02)
+        self.pool_norm = nn.LayerNorm(c.width)
+        self.pool_kv = nn.Linear(c.width, 2 * c.width)
+        self.pool_q = nn.Linear(c.width, c.width)
+        self.pool_out = nn.Linear(c.width, c.width)
+        self.out_norm = nn.LayerNorm(c.width)
+        self.proj = nn.Linear(c.width, c.dim)
+        self.log_gain = nn.Parameter(torch.zeros(()))  # output norm = token_norm · e^gain
+        self.id = "gistnet-untrained"
+        self.description = "GistNet (untrained)"
+
+    def forward(self, children: torch.Tensor, mask: torch.Tensor, level: torch.Tensor
+                ) -> torch.Tensor:
+        """(B, K, D) children, (B, K) bool mask (True = real), (B,) levels -> (B, D)."""
+        B, K, D = children.shape
+        c = self.config
+        assert c.dim == D, f"children of width {D}, GistNet expects {c.dim}"
+        assert c.max_children >= K, f"{K} children > {c.max_children}"
+        assert mask.shape == (B, K), f"mask {tuple(mask.shape)} != {(B, K)}"
+        mask = mask.to(children.device)
+        assert bool(mask.any(dim=1).all()), "every group needs at least one real child"
+        dtype = self.inp.weight.dtype
+        x = self.inp(children.to(dtype) / self.token_norm)
+        lvl = (level.to(children.device).long().clamp(1, c.levels) - 1)
+        x = x + self.position[:K] + self.level_embedding[lvl][:, None, :]
+        keep = mask[:, None, None, :]  # (B, 1, 1, K): every query sees only real keys
+        for block in self.blocks:
+            x = block(x, keep)
+        k, v = self.pool_kv(self.pool_norm(x)).view(B, K, 2, c.heads, -1).permute(2, 0, 3, 1, 4)
+        q = self.pool_q(self.query + self.level_embedding[lvl]).view(B, c.heads, 1, -1)
+        pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, H, 1, d)
+        pooled = self.pool_out(pooled.reshape(B, c.width))
+        y = self.proj(self.out_norm(pooled))
+        scale = self.token_norm * self.log_gain.exp()
+        return y * (scale / y.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def set_identity(self, base_id: str, steps: int) -> None:
+        """Name this set of weights by their content: a new version gets a new id."""
+        h = hashlib.blake2b(digest_size=8)
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().to(torch.float16).cpu().numpy().tobytes())
+        self.id = f"gistnet-{h.hexdigest()}"
+        self.description = f"GistNet {h.hexdigest()[:8]} ({steps} steps, base {base_id})"
+
+
+def save_gistnet(net: GistNet, folder: Path, name: str, manifest: dict) -> Path:
+    """Write `name.safetensors` (fp16) and `name.json` (config + manifest); returns the
+    weights' path."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(torch.float16).cpu().contiguous()
+               for k, v in net.state_dict().items()}
+    path = folder / f"{name}.safetensors"
+    save_file(tensors, str(path))
+    meta = {"config": asdict(net.config), "token_norm": net.token_norm, **manifest}
+    (folder / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return path
+
+
+def load_gistnet(weights: Path, device: str | torch.device = "cpu") -> tuple[GistNet, dict]:
+    """Load weights saved by `save_gistnet` (fp32 for computing); returns (net, manifest)."""
+    from safetensors.torch import load_file
+
+    manifest = json.loads(weights.with_suffix(".json").read_text())
+    net = GistNet(GistNetConfig(**manifest["config"]), manifest["token_norm"])
+    state = load_file(str(weights))
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    net.eval().requires_grad_(False).to(device)
+    net.set_identity(manifest.get("base_model", "?"), int(manifest.get("steps", 0)))
+    return net, manifest
+
+
+def shipped_weights(base_id: str) -> Path | None:
+    """The shipped GistNet weights trained for this base model, if any."""
+    if not WEIGHTS_FOLDER.is_dir():
+        return None
+    for meta in sorted(WEIGHTS_FOLDER.glob("gistnet-*.json")):
+        try:
+            manifest = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        weights = meta.with_suffix(".safetensors")
+        if manifest.get("base_model") == base_id and weights.is_file():
+            return weights
+    return None
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))

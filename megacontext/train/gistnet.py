@@ -1,0 +1,217 @@
+"""`mcagent train gistnet`: teach GistNet to stand in for spans, with the base model frozen.
+
+Each step draws a seeded batch of level-1 blocks (every `level2_every`-th step: level-2
+groups, gisted from their blocks' level-1 gists by the same network) from the standard
+library's training split, and minimises KL(P_raw ‖ P_gist) + NLL_gist over the next H
+tokens. A held-out validation set (stdlib packages never trained on) is scored every
+`eval_every` steps. Checkpoints (weights, optimiser, step, history) are written atomically
+every `checkpoint_every` steps, and a run resumes from the last one; the batch of step s
+depends only on (seed, s), so a resumed run sees what an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megacontext.adapter import BaseModel
+from megacontext.gistnet import GistNet, GistNetConfig, cosine_lr, save_gistnet
+from megacontext.train.data import HOLDOUT_PACKAGES, Corpus, cached_corpus, stdlib_files
+from megacontext.train.objective import candidates, gist_batch, loss_of, make_batch, substitution
+
+Progress = Callable[[int, int, dict[str, float]], None]  # (step, total, metrics)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lib: Path  # the interpreter's Lib/ folder
+    out: Path  # checkpoints, corpus cache, exported weights
+    steps: int = 3000
+    batch: int = 8  # level-1 examples per step
+    level2_batch: int = 4  # level-2 examples per step (their teacher pass is long)
+    level2_every: int = 4  # every n-th step is a level-2 step
+    prefix: int = 96
+    horizon: int = 64
+    lr: float = 5e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    checkpoint_every: int = 25
+    eval_every: int = 250
+    eval_examples: int = 48
+    net: dict = field(default_factory=dict)  # GistNetConfig overrides (width, layers, …)
+
+
+@dataclass
+class TrainState:
+    net: GistNet
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)  # per step
+    evals: list[dict[str, float]] = field(default_factory=list)  # per evaluation
+
+
+def weights_name(model: BaseModel) -> str:
+    return "gistnet-" + model.id.split("@")[0]
+
+
+def new_state(config: TrainConfig, model: BaseModel) -> TrainState:
+    torch.manual_seed(config.seed)
+    net = GistNet(GistNetConfig(dim=model.dim, **config.net), model.token_norm).to(model.device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay, betas=(0.9, 0.98))
+    return TrainState(net, optimizer)
+
+
+def save_checkpoint(state: TrainState, config: TrainConfig, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"net": state.net.state_dict(), "optimizer": state.optimizer.state_dict(),
+                "step": state.step, "history": state.history, "evals": state.evals,
+                "net_config": asdict(state.net.config)}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(state: TrainState, path: Path) -> None:
+    saved = torch.load(path, map_location=state.net.query.device, weights_only=False)
+    if saved["net_config"] != asdict(state.net.config):
+        raise ValueError(f"{path} holds a GistNet of another shape: {saved['net_config']}")
+    state.net.load_state_dict(saved["net"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.step, state.history, state.evals = saved["step"], saved["history"], saved["evals"]
+
+
+def step_batch(config: TrainConfig, corpus: Corpus, pools: dict[int, np.ndarray], step: int
+               ) -> tuple[int, np.ndarray]:
+    """(level, corpus rows) of step `step`: a function of (seed, step) only."""
+    level = 2 if config.level2_every and step % config.level2_every == config.level2_every - 1 \
+        else 1
+    rng = np.random.default_rng([config.seed, step])
+    n = config.batch if level == 1 else config.level2_batch
+    return level, rng.choice(pools[level], size=n, replace=False)
+
+
+def train_step(state: TrainState, config: TrainConfig, model: BaseModel, corpus: Corpus,
+               level: int, rows: np.ndarray) -> dict[str, float]:
+    """One optimiser step on one batch; returns its metrics."""
+    net = state.net
+    net.train()
+    lr = cosine_lr(state.step, config.steps, config.lr, config.warmup)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    batch = make_batch(corpus, rows, level, config.prefix, config.horizon)
+    losses = substitution(model, batch, gist_batch(net, model, batch, model.device))
+    loss = loss_of(losses)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0))
+    state.optimizer.step()
+    state.step += 1
+    return {"step": state.step, "level": level, "loss": loss.item(), "lr": lr,
+            "kl": float(losses.kl.mean()), "nll_gist": float(losses.nll_gist.mean()),
+            "nll_raw": float(losses.nll_raw.mean()), "grad_norm": grad_norm}
+
+
+def evaluate(net: GistNet, model: BaseModel, corpus: Corpus, rows: np.ndarray, level: int,
+             prefix: int, horizon: int, batch: int = 8) -> dict[str, float]:
+    """Mean NLLs (raw, gist, drop) and the recovery of the means on fixed rows."""
+    net.eval()
+    sums = np.zeros(3)
+    with torch.no_grad():
+        for lo in range(0, len(rows), batch):
+            b = make_batch(corpus, rows[lo : lo + batch], level, prefix, horizon)
+            out = substitution(model, b, gist_batch(net, model, b, model.device), True)
+            sums += [float(out.nll_raw.sum()), float(out.nll_gist.sum()),
+                     float(out.nll_drop.sum())]
+    raw, gist, drop = sums / len(rows)
+    return {"nll_raw": raw, "nll_gist": gist, "nll_drop": drop,
+            "recovery": (drop - gist) / (drop - raw) if drop > raw else float("nan")}
+
+
+def train_gistnet(config: TrainConfig, model: BaseModel, progress: Progress,
+                  stop_after: float | None = None) -> TrainState:
+    """Train (or resume) until `config.steps`, or until `stop_after` seconds have passed."""
+    started = time.monotonic()
+    config.out.mkdir(parents=True, exist_ok=True)
+    corpus = cached_corpus(config.lib, stdlib_files(config.lib, "train"), model, config.out)
+    held = cached_corpus(config.lib, stdlib_files(config.lib, "holdout"), model, config.out)
+    pools = {lvl: candidates(corpus, lvl, config.prefix, config.horizon) for lvl in (1, 2)}
+    rng = np.random.default_rng([config.seed, 10**9])
+    val = {lvl: rng.choice(candidates(held, lvl, config.prefix, config.horizon),
+                           size=config.eval_examples if lvl == 1 else config.eval_examples // 2,
+                           replace=False) for lvl in (1, 2)}
+    state = new_state(config, model)
+    checkpoint = config.out / "checkpoint.pt"
+    if checkpoint.is_file():
+        load_checkpoint(state, checkpoint)
+    while state.step < config.steps:
+        level, rows = step_batch(config, corpus, pools, state.step)
+        metrics = train_step(state, config, model, corpus, level, rows)
+        state.history.append(metrics)
+        if state.step % config.eval_every == 0 or state.step == config.steps:
+            result = {"step": state.step}
+            for lvl in (1, 2):
+                r = evaluate(state.net, model, held, val[lvl], lvl, config.prefix,
+                             config.horizon, batch=config.batch if lvl == 1 else 2)
+                result.update({f"l{lvl}_{k}": v for k, v in r.items()})
+            state.evals.append(result)
+            metrics = {**metrics, **result}
+        progress(state.step, config.steps, metrics)
+        last = state.step == config.steps
+        timed_out = stop_after is not None and time.monotonic() - started > stop_after
+        if state.step % config.checkpoint_every == 0 or last or timed_out:
+            save_checkpoint(state, config, checkpoint)
+            export(state, config, model, corpus, held)
+        if timed_out:
+            break
+    return state
+
+
+def export(state: TrainState, config: TrainConfig, model: BaseModel, corpus: Corpus,
+           held: Corpus) -> Path:
+    """fp16 weights + manifest in `config.out` (what ships as package data)."""
+    manifest = {
+        "base_model": model.id,
+        "steps": state.step,
+        "seed": config.seed,
+        "data": {"source": "Python standard library Lib/ (tests and site-packages excluded)",
+                 "python_lib": str(config.lib), "train_files": corpus.files,
+                 "train_tokens": len(corpus.stream), "holdout_packages": list(HOLDOUT_PACKAGES),
+                 "holdout_files": held.files},
+        "objective": f"KL(P_raw || P_gist) + NLL_gist over the next {config.horizon} tokens "
+                     f"after a {config.prefix}-token prefix; base model frozen",
+        "train_config": {k: (str(v) if isinstance(v, Path) else v)
+                         for k, v in asdict(config).items()},
+        "loss_curve": _curve(state.history),
+        "evals": state.evals,
+        "commit": _commit(),
+    }
+    path = save_gistnet(state.net, config.out, weights_name(model), manifest)
+    (config.out / "history.json").write_text(json.dumps(state.history))
+    return path
+
+
+def _curve(history: list[dict[str, float]], points: int = 100) -> list[dict[str, float]]:
+    """The level-1 loss, averaged over windows: a compact curve for the manifest."""
+    rows = [h for h in history if h["level"] == 1]
+    if not rows:
+        return []
+    size = max(1, len(rows) // points)
+    return [{"step": rows[min(i + size, len(rows)) - 1]["step"],
+             "loss": float(np.mean([r["loss"] for r in rows[i : i + size]])),
+             "kl": float(np.mean([r["kl"] for r in rows[i : i + size]]))}
+            for i in range(0, len(rows), size)]
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
