@@ -114,7 +114,7 @@ def train_step(state: TrainState, config: TrainConfig, model: BaseModel, corpus:
     state.optimizer.step()
     state.step += 1
     return {"step": state.step, "level": level, "loss": loss.item(), "lr": lr,
-            "kl": float(losses.kl.mean()), "nll_gist": float(losses.nll_gist.mean()),
+            "kl": losses.kl.mean().item(), "nll_gist": losses.nll_gist.mean().item(),
             "nll_raw": float(losses.nll_raw.mean()), "grad_norm": grad_norm}
 
 

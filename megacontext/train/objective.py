@@ -106,9 +106,15 @@ def gist_batch(gist: GistFn, model: BaseModel, batch: Batch, device: torch.devic
 def substitution(model: BaseModel, batch: Batch, gists: torch.Tensor, with_drop: bool = False
                  ) -> Losses:
     """Per-example KL and NLLs over the continuation; gradients reach `gists` when on."""
+    return substitutions(model, batch, [gists], with_drop)[0]
+
+
+def substitutions(model: BaseModel, batch: Batch, candidates: list[torch.Tensor],
+                  with_drop: bool = False) -> list[Losses]:
+    """`substitution` for several candidate gists of the same spans (e.g. GistNet and a
+    baseline), sharing the prefix, teacher and deleted-span passes."""
     device = model.device
-    lm = model.causal_lm()
-    embed = lm.get_input_embeddings()
+    embed = model.causal_lm().get_input_embeddings()
     B, H = batch.cont.shape
     prefix, cont = batch.prefix.to(device), batch.cont.to(device)
     with torch.no_grad():
@@ -124,19 +130,25 @@ def substitution(model: BaseModel, batch: Batch, gists: torch.Tensor, with_drop:
         at = torch.tensor(lengths, device=device)[:, None] - 1 + torch.arange(H, device=device)
         teacher = logits.gather(1, at[..., None].expand(B, H, logits.shape[-1])).float()
         teacher = teacher.log_softmax(-1)
+        del logits
         model.truncate_cache(cache, P)
+        nll_raw = _nll(teacher, cont)
         nll_drop = None
         if with_drop:
             logits, cache = model.batch_forward(embed(cont[:, :-1]), cache)
             drop = torch.cat([pre_logits[:, -1:], logits], 1).float().log_softmax(-1)
             nll_drop = _nll(drop, cont)
             model.truncate_cache(cache, P)
-    student_in = torch.cat([gists.to(model.dtype)[:, None], embed(cont[:, :-1])], 1)
-    logits, _ = model.batch_forward(student_in, cache)
-    student = logits.float().log_softmax(-1)
-    kl = (teacher.exp() * (teacher - student)).sum(-1).mean(-1)
-    return Losses(kl=kl, nll_gist=_nll(student, cont), nll_raw=_nll(teacher, cont),
-                  nll_drop=nll_drop)
+    out = []
+    for gists in candidates:
+        student_in = torch.cat([gists.to(model.dtype)[:, None], embed(cont[:, :-1])], 1)
+        logits, cache = model.batch_forward(student_in, cache)
+        model.truncate_cache(cache, P)
+        student = logits.float().log_softmax(-1)
+        kl = (teacher.exp() * (teacher - student)).sum(-1).mean(-1)
+        out.append(Losses(kl=kl, nll_gist=_nll(student, cont), nll_raw=nll_raw,
+                          nll_drop=nll_drop))
+    return out
 
 
 def _nll(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,172 @@
+"""Benchmark: how well a gist stands in for the span it compresses, on code never trained on.
+
+    python benchmarks/gist_quality.py [--weights PATH] [--n1 160] [--n2 48]
+
+Held-out code: the standard library's held-out packages (`HOLDOUT_PACKAGES`, never trained
+on) and third-party packages installed here (click, rich). For spans cut exactly as the
+index cuts them — level-1 blocks (≤ 32 tokens) and level-2 groups (≤ 32 blocks, ≤ 1,024
+tokens) — with a 128-token prefix, the frozen base model's NLL over the next 64 tokens is
+measured with the raw span (best), the span deleted (worst), the mean-pool baseline gist and
+the trained GistNet gist, all in one run on the same examples.
+
+Reports the distribution of ΔNLL@64 = NLL − NLL_raw per method, and the recovery
+(NLL_drop − NLL_gist) / (NLL_drop − NLL_raw): the median over examples whose span helps
+(NLL_drop > NLL_raw + 0.02, so the ratio is defined) and the recovery of the mean NLLs over
+all examples. Writes benchmarks/results/gist_quality.md and gist_quality.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+PREFIX, HORIZON = 128, 64
+THIRD_PARTY = ["click", "rich"]
+HELPS = 0.02  # nats: a span "helps" when deleting it costs more than this
+
+
+def main() -> None:
+    import platformdirs
+    import torch
+
+    from benchmarks.index_speed import machine
+    from megacontext.adapter import ModelConfig, load_base_model
+    from megacontext.gist import MeanPoolGist
+    from megacontext.gistnet import load_gistnet, shipped_weights
+    from megacontext.train.data import cached_corpus, package_files, stdlib_files
+    from megacontext.train.objective import candidates, gist_batch, make_batch, substitutions
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--weights", type=Path, help="GistNet weights (default: the shipped ones)")
+    ap.add_argument("--n1", type=int, default=160, help="level-1 examples per dataset")
+    ap.add_argument("--n2", type=int, default=48, help="level-2 examples per dataset")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    cache = Path(platformdirs.user_cache_dir("mcagent"))
+    model = load_base_model(ModelConfig(cache_dir=cache))
+    weights = args.weights or shipped_weights(model.id)
+    if weights is None:
+        sys.exit(f"no GistNet weights for {model.id}: pass --weights")
+    net, manifest = load_gistnet(weights, model.device)
+    meanpool = MeanPoolGist(model.token_norm)
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    site = Path(sysconfig.get_paths()["purelib"])
+    datasets = {
+        "held-out stdlib": (lib, stdlib_files(lib, "holdout")),
+        "third-party (" + ", ".join(THIRD_PARTY) + ")": (site, package_files(site, THIRD_PARTY)),
+    }
+    started = time.perf_counter()
+    rows: dict[tuple[str, int], dict[str, list[float]]] = {}
+    for d, (name, (root, paths)) in enumerate(datasets.items()):
+        corpus = cached_corpus(root, paths, model, cache / "eval-corpora")
+        rng = np.random.default_rng([args.seed, d])
+        for level, n, batch in ((1, args.n1, 8), (2, args.n2, 2)):
+            pool = candidates(corpus, level, PREFIX, HORIZON)
+            picked = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
+            out = rows.setdefault((name, level), {k: [] for k in
+                                                  ("raw", "drop", "meanpool", "gistnet", "tokens")})
+            for lo in range(0, len(picked), batch):
+                b = make_batch(corpus, picked[lo : lo + batch], level, PREFIX, HORIZON)
+                with torch.no_grad():
+                    g_net = gist_batch(net, model, b, model.device)
+                    g_mean = gist_batch(meanpool, model, b, model.device)
+                    res_net, res_mean = substitutions(model, b, [g_net, g_mean], with_drop=True)
+                out["raw"] += res_net.nll_raw.tolist()
+                out["drop"] += res_net.nll_drop.tolist()
+                out["gistnet"] += res_net.nll_gist.tolist()
+                out["meanpool"] += res_mean.nll_gist.tolist()
+                out["tokens"] += [len(s) for s in b.spans]
+            print(f"{name} level {level}: {len(picked)} examples "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+    write(rows, weights, manifest, machine(), time.perf_counter() - started)
+
+
+def recovery(r: dict[str, list[float]], method: str) -> tuple[float, float, int]:
+    """(median per-example recovery where the span helps, recovery of the means, n helped)."""
+    raw, drop, got = (np.asarray(r[k]) for k in ("raw", "drop", method))
+    helps = drop > raw + HELPS
+    per = (drop[helps] - got[helps]) / (drop[helps] - raw[helps])
+    of_means = (drop.mean() - got.mean()) / (drop.mean() - raw.mean())
+    return float(np.median(per)) if len(per) else float("nan"), float(of_means), int(helps.sum())
+
+
+def write(rows: dict, weights: Path, manifest: dict, machine_text: str, seconds: float) -> None:
+    lines = [
+        "# Gist quality: does one vector stand in for 32 (or ~1,024) tokens?", "",
+        f"Machine: {machine_text}. Produced by `python benchmarks/gist_quality.py` in "
+        f"{seconds / 60:.0f} min.",
+        f"GistNet: `{weights.name}` — {manifest.get('steps')} steps, seed "
+        f"{manifest.get('seed')}, base `{manifest.get('base_model')}`, commit "
+        f"{str(manifest.get('commit'))[:7]}; trained only on the standard library "
+        f"(held out: {', '.join(manifest.get('data', {}).get('holdout_packages', []))}).",
+        f"Spans cut as the index cuts them; {PREFIX}-token prefix; NLL over the next "
+        f"{HORIZON} tokens; base model fp32, frozen.", "",
+        "Recovery = (NLL_drop − NLL_gist) / (NLL_drop − NLL_raw): 1 is as good as the raw "
+        "span, 0 as bad as deleting it. *Median* is over examples whose span helps "
+        f"(NLL_drop > NLL_raw + {HELPS}); *of means* uses the mean NLLs of all examples.", "",
+        "| data | level | n (span helps) | mean span tokens | NLL raw | NLL drop | NLL mean-pool "
+        "| NLL GistNet | recovery mean-pool: median / of means | **recovery GistNet: median** "
+        "/ of means |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (name, level), r in rows.items():
+        mp, gn = recovery(r, "meanpool"), recovery(r, "gistnet")
+        lines.append(
+            f"| {name} | {level} | {len(r['raw'])} ({gn[2]}) | {np.mean(r['tokens']):.0f} "
+            f"| {np.mean(r['raw']):.3f} | {np.mean(r['drop']):.3f} | {np.mean(r['meanpool']):.3f} "
+            f"| {np.mean(r['gistnet']):.3f} | {mp[0]:.2f} / {mp[1]:.2f} "
+            f"| **{gn[0]:.2f}** / {gn[1]:.2f} |")
+    lines += ["", "## ΔNLL@64 = NLL − NLL_raw (nats/token): p10 / p25 / median / p75 / p90", "",
+              "| data | level | drop | mean-pool | GistNet |", "|---|---|---|---|---|"]
+    for (name, level), r in rows.items():
+        raw = np.asarray(r["raw"])
+        cells = [" / ".join(f"{v:.2f}" for v in np.percentile(np.asarray(r[m]) - raw,
+                                                                [10, 25, 50, 75, 90]))
+                 for m in ("drop", "meanpool", "gistnet")]
+        lines.append(f"| {name} | {level} | " + " | ".join(cells) + " |")
+    targets = {1: 0.6, 2: 0.35}
+    lines += ["", "## Targets", ""]
+    for (name, level), r in rows.items():
+        got = recovery(r, "gistnet")[0]
+        verdict = "met" if got >= targets[level] else "**not met**"
+        lines.append(f"- {name}, level {level}: median recovery {got:.2f} "
+                     f"(target ≥ {targets[level]}): {verdict}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "gist_quality.md").write_text("\n".join(lines) + "\n")
+    plot(rows)
+    print("\n".join(lines))
+
+
+def plot(rows: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 4), sharey=True)
+    for ax, ((name, level), r) in zip(np.atleast_1d(axes), rows.items(), strict=True):
+        raw = np.asarray(r["raw"])
+        data = [np.asarray(r[m]) - raw for m in ("drop", "meanpool", "gistnet")]
+        ax.boxplot(data, showfliers=False)
+        ax.set_xticks([1, 2, 3], ["deleted", "mean-pool", "GistNet"])
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(f"{name}\nlevel {level}", fontsize=9)
+    np.atleast_1d(axes)[0].set_ylabel("ΔNLL@64 vs raw span (nats/token)")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "gist_quality.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""GistNet: shapes, padding invariance, batching, weights round trip, and training that
+learns (on a tiny random base model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from megacontext.adapter import random_model
+from megacontext.gistnet import GistNet, GistNetConfig, load_gistnet, save_gistnet
+from megacontext.train.data import build_corpus, stdlib_files
+from megacontext.train.gistnet import (
+    TrainConfig,
+    load_checkpoint,
+    new_state,
+    save_checkpoint,
+    train_gistnet,
+    train_step,
+)
+from megacontext.train.objective import candidates, gist_batch, make_batch, substitution
+from tests.conftest import tiny_model
+
+SMALL = {"width": 32, "heads": 4, "ffn": 64}
+MODEL = random_model(tiny_model().tokenizer, dim=32, layers=2, seed=0)
+
+
+def net(seed: int = 0) -> GistNet:
+    torch.manual_seed(seed)
+    return GistNet(GistNetConfig(dim=32, **SMALL), token_norm=3.0).eval()
+
+
+def test_shapes_and_output_norm() -> None:
+    g = net()
+    x = torch.randn(5, 32, 32)
+    mask = torch.ones(5, 32, dtype=torch.bool)
+    y = g(x, mask, torch.tensor([1, 1, 2, 2, 3]))
+    assert y.shape == (5, 32)
+    torch.testing.assert_close(y.norm(dim=-1), torch.full((5,), 3.0))
+
+
+def test_padding_never_changes_the_output() -> None:
+    g = net()
+    x = torch.randn(1, 7, 32)
+    alone = g(x, torch.ones(1, 7, dtype=torch.bool), torch.tensor([1]))
+    padded = torch.cat([x, torch.randn(1, 25, 32) * 100], 1)  # garbage in the padding
+    mask = torch.zeros(1, 32, dtype=torch.bool)
+    mask[0, :7] = True
+    torch.testing.assert_close(g(padded, mask, torch.tensor([1])), alone)
+
+
+def test_batched_equals_one_by_one() -> None:
+    g = net()
+    lengths = [3, 32, 1, 17]
+    groups = [torch.randn(n, 32) for n in lengths]
+    x = torch.zeros(4, 32, 32)
+    mask = torch.zeros(4, 32, dtype=torch.bool)
+    for i, grp in enumerate(groups):
+        x[i, : len(grp)] = grp
+        mask[i, : len(grp)] = True
+    level = torch.tensor([1, 2, 1, 2])
+    batched = g(x, mask, level)
+    for i, grp in enumerate(groups):
+        one = g(grp[None], torch.ones(1, len(grp), dtype=torch.bool), level[i : i + 1])
+        torch.testing.assert_close(batched[i : i + 1], one, atol=1e-5, rtol=1e-5)
+
+
+def test_levels_are_told_apart_and_high_levels_share_the_top_embedding() -> None:
+    g = net()
+    with torch.no_grad():
+        g.level_embedding.normal_()
+    x = torch.randn(1, 8, 32)
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    one, two, five = (g(x, mask, torch.tensor([n])) for n in (1, 2, 5))
+    assert not torch.allclose(one, two)
+    torch.testing.assert_close(two, five)
+
+
+def test_weights_round_trip(tmp_path: Path) -> None:
+    g = net(seed=3)
+    g.set_identity("tiny", 10)
+    path = save_gistnet(g, tmp_path, "gistnet-tiny", {"base_model": "tiny", "steps": 10})
+    loaded, manifest = load_gistnet(path)
+    assert manifest["steps"] == 10 and manifest["config"]["width"] == 32
+    assert loaded.id == g.id and loaded.id.startswith("gistnet-")
+    x, mask = torch.randn(2, 9, 32), torch.ones(2, 9, dtype=torch.bool)
+    torch.testing.assert_close(loaded(x, mask, torch.tensor([1, 2])),
+                               g(x, mask, torch.tensor([1, 2])), atol=2e-2, rtol=2e-2)
+    other = net(seed=4)
+    other.set_identity("tiny", 10)
+    assert other.id != g.id  # new weights, new id: cached gists are invalidated
+
+
+def _repo(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "value", "items", "total", "result"]
+    for f in range(6):
+        lines = []
+        for d in range(6):
+            a, b = rng.choice(words, 2, replace=False)
+            lines += [f"def {a}_{f}_{d}({b}):", f"    {a} = {b} * {d}",
+                      f"    return {a} + {f}", ""]
+        (root / f"mod{f}.py").write_text("\n".join(lines))
+    return root
+
+
+def _config(tmp_path: Path, **kw: object) -> TrainConfig:
+    values = {"lib": tmp_path, "out": tmp_path / "run", "steps": 40, "batch": 4,
+              "level2_batch": 2, "level2_every": 0, "prefix": 16, "horizon": 8, "lr": 3e-3,
+              "warmup": 1, "net": SMALL}
+    return TrainConfig(**{**values, **kw})
+
+
+def test_training_step_reduces_the_loss_on_a_tiny_model(tmp_path: Path) -> None:
+    corpus = build_corpus(_repo(tmp_path), sorted(p.name for p in tmp_path.glob("*.py")), MODEL)
+    config = _config(tmp_path)
+    state = new_state(config, MODEL)
+    rows = candidates(corpus, 1, config.prefix, config.horizon)[:4]
+
+    def loss() -> float:
+        b = make_batch(corpus, rows, 1, config.prefix, config.horizon)
+        with torch.no_grad():
+            out = substitution(MODEL, b, gist_batch(state.net.eval(), MODEL, b, MODEL.device))
+        return float((out.kl + out.nll_gist).mean())
+
+    before = loss()
+    for _ in range(25):
+        train_step(state, config, MODEL, corpus, 1, rows)
+    assert loss() < before - 0.05
+
+
+def test_level_two_gists_come_from_level_one_gists(tmp_path: Path) -> None:
+    corpus = build_corpus(_repo(tmp_path), sorted(p.name for p in tmp_path.glob("*.py")), MODEL)
+    rows = candidates(corpus, 2, 16, 8)
+    assert len(rows) > 0
+    b = make_batch(corpus, rows[:2], 2, 16, 8)
+    assert all(len(kids) > 1 for kids in b.children)
+    assert all(np.array_equal(np.concatenate(kids), span)
+               for kids, span in zip(b.children, b.spans, strict=True))
+    g = gist_batch(net(), MODEL, b, MODEL.device)
+    assert g.shape == (2, 32)
+    out = substitution(MODEL, b, g, with_drop=True)
+    assert out.nll_drop is not None and torch.isfinite(out.recovery()).all()
+
+
+def test_checkpoint_round_trip_and_resume(tmp_path: Path) -> None:
+    (tmp_path / "lib" / "json").mkdir(parents=True)
+    lib = _repo(tmp_path / "lib")
+    (lib / "os.py").write_text("import sys\n")
+    _repo(lib / "json")  # a held-out package: the validation set
+    config = _config(tmp_path, lib=lib, steps=4, eval_every=100, eval_examples=2,
+                     checkpoint_every=2, level2_every=2)
+    seen: list[int] = []
+    state = train_gistnet(config, MODEL, lambda s, n, m: seen.append(s))
+    assert seen == [1, 2, 3, 4] and state.step == 4
+    assert (config.out / "checkpoint.pt").is_file()
+    assert (config.out / "gistnet-tiny-random.safetensors").is_file()
+    again = new_state(config, MODEL)
+    load_checkpoint(again, config.out / "checkpoint.pt")
+    assert again.step == 4 and len(again.history) == 4
+    for a, b in zip(again.net.parameters(), state.net.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    more = train_gistnet(_config(tmp_path, lib=lib, steps=6, eval_every=100, eval_examples=2,
+                                 level2_every=2), MODEL, lambda s, n, m: seen.append(s))
+    assert more.step == 6 and seen[-2:] == [5, 6]  # resumed, not restarted
+    save_checkpoint(more, config, tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="another shape"):
+        load_checkpoint(new_state(_config(tmp_path, net={**SMALL, "ffn": 128}), MODEL),
+                        tmp_path / "c.pt")
+
+
+def test_data_rule_keeps_tests_site_packages_and_held_out_packages_out(tmp_path: Path) -> None:
+    for rel in ("os.py", "json/decoder.py", "test/test_os.py", "site-packages/click/core.py",
+                "collections/__init__.py", "idlelib/idle_test/x.py", "test_thing.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
+    assert stdlib_files(tmp_path, "train") == ["collections/__init__.py", "os.py"]
+    assert stdlib_files(tmp_path, "holdout") == ["json/decoder.py"]
