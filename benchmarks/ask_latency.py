@@ -35,7 +35,7 @@ def main() -> None:
     from benchmarks.index_speed import copy_stdlib, machine
     from megacontext.adapter import ModelConfig, load_base_model
     from megacontext.ask import SLOT, AskConfig, AskSession
-    from megacontext.gist import default_gist_model
+    from megacontext.gistnet import default_gist_model
     from megacontext.indexer import index_repository
     from megacontext.store import Store, db_path
     from megacontext.working_context import WorkingContext
@@ -46,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     lib = args.lib or copy_stdlib()
     model = load_base_model(ModelConfig(cache_dir=Path(platformdirs.user_cache_dir("mcagent"))))
-    index_repository(lib, model, default_gist_model(model.token_norm))
+    index_repository(lib, model, default_gist_model(model))
     system = "You answer questions about a code repository."
     rows, focus_rows = [], []
     with Store.open(db_path(lib), read_only=True) as store:

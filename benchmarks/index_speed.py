@@ -84,10 +84,10 @@ def _model():
     import platformdirs
 
     from megacontext.adapter import ModelConfig, load_base_model
-    from megacontext.gist import default_gist_model
+    from megacontext.gistnet import default_gist_model
 
     model = load_base_model(ModelConfig(cache_dir=Path(platformdirs.user_cache_dir("mcagent"))))
-    return model, default_gist_model(model.token_norm)
+    return model, default_gist_model(model)
 
 
 def phase_cold(args: argparse.Namespace) -> dict:

@@ -21,7 +21,7 @@ from mcagent.config import ConfigError, Settings, load_settings
 from megacontext.adapter import BaseModel, load_base_model
 from megacontext.ask import AskConfig, AskSession
 from megacontext.errors import MegaContextError
-from megacontext.gist import default_gist_model
+from megacontext.gistnet import default_gist_model
 from megacontext.indexer import index_repository, pending_changes
 from megacontext.store import Store, db_path
 
@@ -49,7 +49,7 @@ def index(
         settings = _settings(path, model=model, max_file_bytes=max_file_bytes)
         base = _load_model(settings)
         with _progress() as progress:
-            report = index_repository(settings.root, base, default_gist_model(base.token_norm),
+            report = index_repository(settings.root, base, default_gist_model(base),
                                       settings.index, progress)
     if report.created:
         err.print("Created .mcagent/ for the index; it ignores itself in git "
@@ -70,7 +70,9 @@ def status(path: PathArg = Path("."), as_json: JsonOpt = False) -> None:
             report = {
                 "database": str(db_path(settings.root)),
                 "base_model": meta.get("base_model", "?"),
-                "gist_model": _gist_label(meta.get("gist_model", "?")),
+                "gist_model": meta.get("gist_model", "?"),
+                "gist_model_description": meta.get("gist_model_description",
+                                                   _gist_label(meta.get("gist_model", "?"))),
                 "index": store.summary(),
                 "last_run": store.last_run(),
                 "changes": render.changes_json(pending_changes(settings.root, store,
@@ -104,7 +106,7 @@ def ask(
         settings = _settings(repo, model=model)
         base = _load_model(settings)
         with _progress() as progress:
-            index_repository(settings.root, base, default_gist_model(base.token_norm),
+            index_repository(settings.root, base, default_gist_model(base),
                              settings.index, progress)
         config = AskConfig(budget=budget or (2048 if base.device.type == "cpu" else 8192),
                            max_new_tokens=max_tokens)

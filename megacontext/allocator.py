@@ -112,6 +112,55 @@ def allocate(tree: Tree, entries: list[Entry], utilities: np.ndarray, budget: in
     return Allocation(new, state.edits, cooling)
 
 
+def descend(tree: Tree, entries: list[Entry], node_utility: np.ndarray, budget: int,
+            config: AllocatorConfig = AllocatorConfig()) -> Allocation:
+    """Best-first focusing for scorers that rate every node on its own (BM25): expand the
+    best-rated entry above the expand threshold whose expansion fits the budget, then its
+    children as they appear, until nothing more fits — many expand-only steps in one pass,
+    with the same legal edits. `node_utility[n]` rates node n; entries within the cooldown
+    are not expanded. Needs `entries` to fit the budget already (`allocate` makes them fit).
+    """
+    import heapq
+
+    assert cost(entries, tree) <= budget, "descend starts from a cover within the budget"
+    threshold = config.expand_threshold
+    heap = [(-float(node_utility[e.node]), e.node) for e in entries
+            if not e.raw and node_utility[e.node] > threshold]
+    heapq.heapify(heap)
+    total = cost(entries, tree)
+    expanded: set[int] = set()
+    edits: list[Edit] = []
+    while heap and len(edits) < config.max_edits:
+        _, node = heapq.heappop(heap)
+        block = tree.is_block(node)
+        kids = tree.kids(node)
+        delta = int(tree.tokens[node]) - 1 if block else len(kids) - 1
+        if total + delta > budget:
+            continue
+        total += delta
+        expanded.add(node)
+        edits.append(Edit("expand", node))
+        if not block:
+            u = node_utility[kids]
+            for k in np.flatnonzero(u > threshold):
+                heapq.heappush(heap, (-float(u[k]), int(kids[k])))
+    out: list[Entry] = []
+    for e in entries:
+        stack = [e.node]
+        if e.raw:
+            out.append(e)
+            continue
+        while stack:  # depth first, children in timeline order
+            node = stack.pop()
+            if node not in expanded:
+                out.append(Entry(node))
+            elif tree.is_block(node):
+                out.append(Entry(node, raw=True))
+            else:
+                stack.extend(int(c) for c in tree.kids(node)[::-1])
+    return Allocation(out, edits, {edit.node: config.cooldown for edit in edits})
+
+
 class _State:
     """Entries being edited. Edits are recorded against entry identities, then applied."""
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from megacontext.adapter import BaseModel
-from megacontext.allocator import AllocatorConfig, Entry, allocate, cold_start, cost
+from megacontext.allocator import AllocatorConfig, Entry, cold_start, cost, descend
 from megacontext.bm25 import BM25Config, BM25Scorer
 from megacontext.errors import MegaContextError
 from megacontext.repo_tree import RepoTree, load_repo_tree
@@ -32,7 +32,6 @@ class AskConfig:
 
     budget: int = 2048  # positions the model sees: template + entries + question
     max_new_tokens: int = 256  # longest answer
-    rounds: int = 48  # refocusing steps before the context is assembled
     question_share: float = 0.25  # a question may take at most this share of the budget
     allocator: AllocatorConfig = field(default_factory=AllocatorConfig)
     bm25: BM25Config = field(default_factory=BM25Config)
@@ -71,6 +70,10 @@ class AskSession:
         self.repo: RepoTree = load_repo_tree(store)
         self.file_tokens = store.all_tokens()
         self.scorer = BM25Scorer(self.repo, self.file_tokens, model.tokenizer, config.bm25)
+        nodes = np.flatnonzero(self.repo.level > 1)
+        stored = store.gist_vectors([self.repo.gist_key[n] for n in nodes], model.dim)
+        self.gists: dict[bytes, torch.Tensor] = {  # key -> (1, D): node gists now, blocks later
+            k: torch.from_numpy(v.astype(np.float32))[None] for k, v in stored.items()}
         model.causal_lm()  # load the network now, so the stage timings below are its own
         self.load_seconds = time.perf_counter() - started
 
@@ -102,43 +105,39 @@ class AskSession:
         )
 
     def focus(self, question: str, budget: int, timings: dict[str, float]) -> list[Entry]:
-        """Cold start, then refocus until the allocator makes no more edits."""
+        """Cold start, then best-first descent on the question's node scores."""
         t = time.perf_counter()
         scores = self.scorer.node_scores(question)
+        utilities = self.scorer.utilities(scores, np.arange(self.repo.size))
         timings["score"] = time.perf_counter() - t
         t = time.perf_counter()
-        tree, entries, cooldowns = self.repo.tree, cold_start(self.repo.tree), {}
-        for _ in range(self.config.rounds):
-            nodes = np.fromiter((e.node for e in entries), np.int64, len(entries))
-            utilities = self.scorer.utilities(scores, nodes)
-            step = allocate(tree, entries, utilities, budget, cooldowns, self.config.allocator)
-            if not step.edits:
-                break
-            entries, cooldowns = step.entries, step.cooldowns
+        tree = self.repo.tree
+        config = self.config.allocator
+        entries = descend(tree, cold_start(tree), utilities, budget,
+                          AllocatorConfig(config.expand_threshold, config.collapse_threshold,
+                                          config.cooldown, max_edits=budget)).entries
         assert cost(entries, tree) <= budget
         timings["allocate"] = time.perf_counter() - t
         return entries
 
     def pieces(self, entries: list[Entry]) -> list[Piece]:
-        """Raw blocks through the embedding table, gists as stored."""
-        repo, dim = self.repo, self.model.dim
-        gists = [e.node for e in entries if not e.raw]
-        keys = [repo.gist_key[n] for n in gists]
-        vectors = self.store.gist_vectors([k for k, n in zip(keys, gists, strict=True)
-                                           if repo.level[n] > 1], dim)
-        vectors |= self.store.gist_vectors([k for k, n in zip(keys, gists, strict=True)
-                                            if repo.level[n] == 1], dim, blocks=True)
-        out = []
-        for e in entries:
-            n = e.node
-            if e.raw:
-                ids = self.file_tokens[int(repo.file_id[n])][repo.tok_start[n] : repo.tok_end[n]]
-                out.append(Piece(("raw", n), self.model.embed(torch.from_numpy(ids.astype(
-                    np.int64)))))
-            else:
-                vec = torch.from_numpy(vectors[repo.gist_key[n]].astype(np.float32))[None]
-                out.append(Piece(("gist", n), vec))
-        return out
+        """Raw blocks through the embedding table (one lookup for all), gists from memory:
+        node gists are loaded with the session, block gists the first time one is needed."""
+        repo = self.repo
+        missing = [repo.gist_key[e.node] for e in entries
+                   if not e.raw and repo.gist_key[e.node] not in self.gists]
+        if missing:
+            found = self.store.gist_vectors(missing, self.model.dim, blocks=True)
+            self.gists.update((k, torch.from_numpy(v.astype(np.float32))[None])
+                              for k, v in found.items())
+        raw = [e.node for e in entries if e.raw]
+        ids = [self.file_tokens[int(repo.file_id[n])][repo.tok_start[n] : repo.tok_end[n]]
+               for n in raw]
+        vectors = iter(self.model.embed(torch.from_numpy(np.concatenate(ids).astype(np.int64)))
+                       .split([len(i) for i in ids])) if ids else iter(())
+        return [Piece(("raw", e.node), next(vectors)) if e.raw
+                else Piece(("gist", e.node), self.gists[repo.gist_key[e.node]])
+                for e in entries]
 
     def spans(self, entries: list[Entry]) -> list[Span]:
         """Raw entries merged into line spans per file, in timeline order."""

@@ -50,41 +50,56 @@ class BM25Scorer:
         order = np.argsort(terms, kind="stable")
         self.postings = block_of[order].astype(np.int32)
         self.term_start = np.searchsorted(terms[order], np.arange(len(self.norm) + 1))
+        self._levels = _levels(repo)
 
     def block_scores(self, question: str) -> np.ndarray:
         """(n_blocks,) BM25 score of each block for the question."""
         ids = self.tokenizer.encode(question, add_special_tokens=False).ids
         query = np.unique(self.norm[np.asarray(ids, np.int64)]) if ids else np.zeros(0, int)
-        scores = np.zeros(len(self.blocks))
-        if len(query) == 0:
-            return scores
         n = len(self.blocks)
+        scores = np.zeros(n)
         k1 = self.config.k1
         for term in query:
             at = self.postings[self.term_start[term] : self.term_start[term + 1]]
             if len(at) == 0:
                 continue
-            tf = np.bincount(at, minlength=n).astype(np.float64)
-            df = np.count_nonzero(tf)
-            idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
-            scores += idf * tf * (k1 + 1) / (tf + self.length_norm)
+            # A term's postings are sorted by block: term frequencies are run lengths.
+            starts = np.flatnonzero(np.concatenate(([True], at[1:] != at[:-1])))
+            blocks = at[starts]
+            tf = np.diff(np.append(starts, len(at))).astype(np.float64)
+            idf = np.log(1 + (n - len(blocks) + 0.5) / (len(blocks) + 0.5))
+            scores[blocks] += idf * tf * (k1 + 1) / (tf + self.length_norm[blocks])
         return scores
 
     def node_scores(self, question: str) -> np.ndarray:
         """(N,) best block score under each node."""
-        repo = self.repo
-        scores = np.zeros(repo.size)
+        scores = np.zeros(self.repo.size)
         scores[self.blocks] = self.block_scores(question)
-        parent = repo.tree.parent
-        for level in range(1, int(repo.level.max())):
-            at = np.flatnonzero((repo.level == level) & (parent >= 0))
-            np.maximum.at(scores, parent[at], scores[at])
+        for parents, kids, offsets in self._levels:  # bottom-up: children before parents
+            scores[parents] = np.maximum.reduceat(scores[kids], offsets)
         return scores
 
     def utilities(self, node_scores: np.ndarray, nodes: np.ndarray) -> np.ndarray:
         """Signed utilities of the given nodes: positive where the question matches."""
         best = float(node_scores.max()) or 1.0
         return node_scores[nodes] / best - self.config.floor
+
+
+def _levels(repo: RepoTree) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per level (lowest first): its nodes with children, their children concatenated, and
+    where each node's children start (for a max per node with `np.maximum.reduceat`)."""
+    tree = repo.tree
+    counts = np.diff(tree.child_ptr)
+    out = []
+    for level in range(2, int(repo.level.max()) + 1):
+        parents = np.flatnonzero((repo.level == level) & (counts > 0))
+        if len(parents) == 0:
+            continue
+        n = counts[parents]
+        offsets = np.concatenate(([0], np.cumsum(n)[:-1]))
+        at = np.repeat(tree.child_ptr[parents] - offsets, n) + np.arange(int(n.sum()))
+        out.append((parents, tree.children[at], offsets))
+    return out
 
 
 def _normalised_vocabulary(tokenizer: Tokenizer) -> np.ndarray:

@@ -1,9 +1,11 @@
 """Gist models: ≤32 child vectors + key-padding mask + level → one vector in embedding space.
 
-`GistModel` is the interface every compressor implements (the trained GistNet included).
-Until trained weights ship, `MeanPoolGist` is the **mean-pool baseline**: the mean of the
-children's vectors rescaled to the typical norm of a real token embedding. It is not learned
-and is labelled as a baseline wherever its identity is shown.
+`GistModel` is the interface every compressor implements: the trained GistNet
+(`megacontext.gistnet`, the default where weights ship for the base model) and
+`MeanPoolGist`, the **mean-pool baseline**: the mean of the children's vectors rescaled to the
+typical norm of a real token embedding. It is not learned and is labelled as a baseline
+wherever its identity is shown; it is what a base model without trained GistNet weights
+gets.
 """
 
 from __future__ import annotations
@@ -49,7 +51,3 @@ class MeanPoolGist:
         norm = mean.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         return mean * (self.token_norm / norm)
 
-
-def default_gist_model(token_norm: float) -> GistModel:
-    """The gist model `index` uses: the mean-pool baseline until trained weights ship."""
-    return MeanPoolGist(token_norm)

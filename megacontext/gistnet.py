@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megacontext.gist import MAX_CHILDREN
+from megacontext.adapter import BaseModel
+from megacontext.gist import MAX_CHILDREN, GistModel, MeanPoolGist
 
 WEIGHTS_FOLDER = Path(__file__).parent / "weights"
 
@@ -164,6 +165,15 @@ def shipped_weights(base_id: str) -> Path | None:
         if manifest.get("base_model") == base_id and weights.is_file():
             return weights
     return None
+
+
+def default_gist_model(model: BaseModel) -> GistModel:
+    """The gist model `index` uses: the shipped GistNet trained for this base model, else the
+    mean-pool baseline (for a base model nobody has trained GistNet for yet)."""
+    weights = shipped_weights(model.id)
+    if weights is None:
+        return MeanPoolGist(model.token_norm)
+    return load_gistnet(weights)[0]
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:

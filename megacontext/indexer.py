@@ -135,7 +135,8 @@ def _index(root: Path, walk: WalkResult, paths: list[str] | None, store: Store,
     replaced = set(store.node_gist_keys(plan.replaced_ids())) | set(dirs.old_keys)
     roots = {r.root_gist for r in plan.previous.values() if r.root_gist is not None}
     _gist_all(work, bank, replaced | roots, progress)  # keys in use now are known to exist
-    meta = {"base_model": model.id, "gist_model": gist_model.id, "gist_dim": str(model.dim)}
+    meta = {"base_model": model.id, "gist_model": gist_model.id, "gist_dim": str(model.dim),
+            "gist_model_description": gist_model.description}
     return _write(store, plan, trees, keys, dirs, bank, replaced - set(work.keys), meta)
 
 

@@ -30,7 +30,8 @@ def test_index_then_status(code_repo: Path) -> None:
     assert status.exit_code == 0, status.output
     data = json.loads(status.stdout)
     assert data["base_model"].startswith("SmolLM2-135M-Instruct")
-    assert data["gist_model"] == "meanpool-baseline-v1 (baseline, untrained)"
+    assert data["gist_model"].startswith("gistnet-")  # the shipped, trained GistNet
+    assert data["gist_model_description"].startswith("GistNet ")
     assert data["changes"] == {"new": [], "modified": [], "deleted": []}
     (code_repo / "main.py").write_text("print('changed')\n")
     text = run("status", str(code_repo))

@@ -13,6 +13,7 @@ from megacontext.allocator import (
     allocate,
     cold_start,
     cost,
+    descend,
 )
 
 
@@ -159,3 +160,40 @@ def test_shrinking_budget_always_fits(shape: list, budgets: list[int], seed: int
             assert covered(tree, result.entries) == everything
             assert_edits_lead_to(tree, entries, result.edits, result.entries)
             entries, cooldowns = result.entries, result.cooldowns
+
+
+@settings(max_examples=150, deadline=None)
+@given(shape=shapes, budget=st.integers(1, 400), seed=st.integers(0, 2**31 - 1))
+def test_descend_invariants(shape: list, budget: int, seed: int) -> None:
+    tree = make_tree(shape)
+    rng = np.random.default_rng(seed)
+    utility = rng.normal(0, 1, len(tree.parent))
+    entries = cold_start(tree)
+    result = descend(tree, entries, utility, budget)
+    again = descend(tree, entries, utility.copy(), budget)
+    assert (again.entries, again.edits) == (result.entries, result.edits), "deterministic"
+    assert covered(tree, result.entries) == blocks_in_order(tree, tree.root), "coverage"
+    assert cost(result.entries, tree) <= budget, "within budget"
+    assert_edits_lead_to(tree, entries, result.edits, result.entries)
+    assert all(utility[e.node] > 0 for e in result.edits), "only wanted entries expand"
+    # Nothing left that is wanted and would still fit: the descent ran to the end.
+    spare = budget - cost(result.entries, tree)
+    for e in result.entries:
+        if e.raw or utility[e.node] <= 0:
+            continue
+        grow = int(tree.tokens[e.node]) - 1 if tree.is_block(e.node) else len(tree.kids(e.node)) - 1
+        assert grow > spare, f"entry {e.node} wanted and fits but was not expanded"
+    # A further allocation step from the result keeps every invariant.
+    step = allocate(tree, result.entries, utility[[e.node for e in result.entries]], budget,
+                    result.cooldowns)
+    assert covered(tree, step.entries) == blocks_in_order(tree, tree.root)
+    assert cost(step.entries, tree) <= budget
+
+
+def test_descend_goes_straight_to_the_best_block() -> None:
+    tree = make_tree([[5, 6, [7, 30]], [8, 9]])  # nodes: 0 root, 1 [..], 2,3 blocks, 4 [7,30]…
+    utility = np.full(len(tree.parent), -1.0)
+    utility[[0, 1, 4, 6]] = 1.0  # the path root → 1 → 4 → block 6 (30 tokens)
+    result = descend(tree, cold_start(tree), utility, budget=40)
+    assert Entry(6, raw=True) in result.entries
+    assert [e.node for e in result.edits] == [0, 1, 4, 6]
