@@ -64,17 +64,19 @@ def main() -> None:
             rows.append((budget, result.tokens, t, ask_total, plain, n_new))
             print(budget, W, {k: round(v, 3) for k, v in t.items()}, round(plain, 2),
                   flush=True)
-        big = AskConfig(budget=8192 + 256)
-        session = AskSession(store, model, "Lib", big)
-        for q in QUESTIONS:
-            before, after = model.chat_ids(system, session._user_text(q), SLOT)
-            timings: dict[str, float] = {}
-            entries = session.focus(q, big.budget - len(before) - len(after), timings)
-            t0 = time.perf_counter()
-            wc = WorkingContext(model, before, after)
-            wc.pieces = session.pieces(entries)
-            timings["assemble"] = time.perf_counter() - t0
-            focus_rows.append((len(entries), timings))
+        for budget in (8192 + 256, 12288, 16384):
+            big = AskConfig(budget=budget)
+            session = AskSession(store, model, "Lib", big)
+            for q in QUESTIONS:
+                before, after = model.chat_ids(system, session._user_text(q), SLOT)
+                timings: dict[str, float] = {}
+                entries = session.focus(q, big.budget - len(before) - len(after), timings)
+                for stage in ("assemble", "assemble_warm"):  # block gists read, then cached
+                    t0 = time.perf_counter()
+                    wc = WorkingContext(model, before, after)
+                    wc.pieces = session.pieces(entries)
+                    timings[stage] = time.perf_counter() - t0
+                focus_rows.append((budget, len(entries), timings))
     del torch
     write(lib, rows, focus_rows, session.load_seconds, machine())
 
@@ -127,17 +129,27 @@ def write(lib: Path, rows: list, focus_rows: list, load: float, machine_text: st
         "",
         "## Focus + assemble at ~8,192 entries (no prefill)",
         "",
-        "| entries | score | allocate | assemble | score + allocate + assemble |",
-        "|---|---|---|---|---|",
+        "Budgets large enough for thousands of entries; *assemble* reads the block gists it "
+        "needs from the store (first use in a session), *warm* finds them in memory (every "
+        "later step of a session).",
+        "",
+        "| budget | entries | score | allocate | assemble (warm) | score + allocate + assemble "
+        "(warm) |",
+        "|---|---|---|---|---|---|",
     ]
-    for n, t in focus_rows:
+    for budget, n, t in focus_rows:
         s = t["score"] + t["allocate"] + t["assemble"]
-        lines.append(f"| {n:,} | {t['score'] * 1e3:.0f} ms | {t['allocate'] * 1e3:.0f} ms | "
-                     f"{t['assemble'] * 1e3:.0f} ms | **{s * 1e3:.0f} ms** |")
-    med = statistics.median(t["score"] + t["allocate"] + t["assemble"] for _, t in focus_rows)
-    lines += ["", f"Median score + allocate + assemble: {med * 1e3:.0f} ms (target ≤ 50 ms "
-              "for 8,192 entries). The allocator runs up to 48 refocusing rounds from the "
-              "cold start (the root alone).", ""]
+        w = t["score"] + t["allocate"] + t["assemble_warm"]
+        lines.append(f"| {budget:,} | {n:,} | {t['score'] * 1e3:.0f} ms | "
+                     f"{t['allocate'] * 1e3:.0f} ms | {t['assemble'] * 1e3:.0f} ms "
+                     f"({t['assemble_warm'] * 1e3:.0f} ms) | **{s * 1e3:.0f} ms** "
+                     f"({w * 1e3:.0f} ms) |")
+    near = [t for _, n, t in focus_rows if n >= 8192] or [focus_rows[-1][2]]
+    med = statistics.median(t["score"] + t["allocate"] + t["assemble"] for t in near)
+    warm = statistics.median(t["score"] + t["allocate"] + t["assemble_warm"] for t in near)
+    lines += ["", f"Median score + allocate + assemble with ≥ 8,192 entries: {med * 1e3:.0f} ms "
+              f"cold, {warm * 1e3:.0f} ms warm (target ≤ 50 ms for 8,192 entries). Allocation "
+              "is one best-first descent from the cold start (the root alone).", ""]
     RESULTS.write_text("\n".join(lines))
     print(RESULTS.read_text())
 

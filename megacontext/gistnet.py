@@ -85,10 +85,17 @@ class GistNet(nn.Module):
         self.log_gain = nn.Parameter(torch.zeros(()))  # output norm = token_norm · e^gain
         self.id = "gistnet-untrained"
         self.description = "GistNet (untrained)"
+        self.cpu_bf16 = False  # inference in bfloat16 on CPUs with native support (2× faster)
 
     def forward(self, children: torch.Tensor, mask: torch.Tensor, level: torch.Tensor
                 ) -> torch.Tensor:
         """(B, K, D) children, (B, K) bool mask (True = real), (B,) levels -> (B, D)."""
+        fast = self.cpu_bf16 and not self.training and children.device.type == "cpu"
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+            return self._forward(children, mask, level).float()
+
+    def _forward(self, children: torch.Tensor, mask: torch.Tensor, level: torch.Tensor
+                 ) -> torch.Tensor:
         B, K, D = children.shape
         c = self.config
         assert c.dim == D, f"children of width {D}, GistNet expects {c.dim}"
@@ -107,7 +114,7 @@ class GistNet(nn.Module):
         q = self.pool_q(self.query + self.level_embedding[lvl]).view(B, c.heads, 1, -1)
         pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, H, 1, d)
         pooled = self.pool_out(pooled.reshape(B, c.width))
-        y = self.proj(self.out_norm(pooled))
+        y = self.proj(self.out_norm(pooled)).float()
         scale = self.token_norm * self.log_gain.exp()
         return y * (scale / y.norm(dim=-1, keepdim=True).clamp_min(1e-6))
 
@@ -148,8 +155,16 @@ def load_gistnet(weights: Path, device: str | torch.device = "cpu") -> tuple[Gis
     state = load_file(str(weights))
     net.load_state_dict({k: v.float() for k, v in state.items()})
     net.eval().requires_grad_(False).to(device)
+    net.cpu_bf16 = _cpu_has_bf16()
     net.set_identity(manifest.get("base_model", "?"), int(manifest.get("steps", 0)))
     return net, manifest
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def shipped_weights(base_id: str) -> Path | None:

@@ -178,3 +178,13 @@ def test_data_rule_keeps_tests_site_packages_and_held_out_packages_out(tmp_path:
         (tmp_path / rel).write_text("x = 1\n")
     assert stdlib_files(tmp_path, "train") == ["collections/__init__.py", "os.py"]
     assert stdlib_files(tmp_path, "holdout") == ["json/decoder.py"]
+
+
+def test_bfloat16_inference_on_cpu_matches_float32() -> None:
+    g = net()
+    x, mask = torch.randn(6, 32, 32), torch.ones(6, 32, dtype=torch.bool)
+    exact = g(x, mask, torch.ones(6, dtype=torch.long))
+    g.cpu_bf16 = True
+    fast = g(x, mask, torch.ones(6, dtype=torch.long))
+    assert fast.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(exact, fast).min() > 0.99
