@@ -162,13 +162,8 @@ def train_gistnet_command(
         train = TrainConfig(lib=lib_dir.resolve(), out=out_dir.resolve(), steps=steps,
                             batch=batch, lr=lr, seed=seed)
 
-        def report(step: int, total: int, m: dict[str, float]) -> None:
-            line = (f"step {step}/{total}  level {int(m['level'])}  loss {m['loss']:.3f}  "
-                    f"kl {m['kl']:.3f}  nll gist {m['nll_gist']:.3f} raw {m['nll_raw']:.3f}")
-            if "l1_recovery" in m:
-                line += (f"  | held-out recovery L1 {m['l1_recovery']:.3f} "
-                         f"L2 {m['l2_recovery']:.3f}")
-            err.print(line, highlight=False)
+        def report(step: int, total: int, metrics: dict[str, float]) -> None:
+            err.print(render.train_line(step, total, metrics), highlight=False)
 
         state = train_gistnet(train, base, report,
                               stop_after=hours * 3600 if hours is not None else None)

@@ -115,3 +115,12 @@ def _focus_tree(result: AskResult) -> Tree:
                           for lv, n in sorted(levels.items()))
         root.add(f"{path}  [dim]{shown}[/]")
     return root
+
+
+def train_line(step: int, total: int, m: dict[str, float]) -> str:
+    """One line per training step; held-out recovery when the step ran an evaluation."""
+    line = (f"step {step}/{total}  level {int(m['level'])}  loss {m['loss']:.3f}  "
+            f"kl {m['kl']:.3f}  nll gist {m['nll_gist']:.3f} raw {m['nll_raw']:.3f}")
+    if "l1_recovery" in m:
+        line += f"  | held-out recovery L1 {m['l1_recovery']:.3f} L2 {m['l2_recovery']:.3f}"
+    return line

@@ -188,3 +188,23 @@ def test_bfloat16_inference_on_cpu_matches_float32() -> None:
     fast = g(x, mask, torch.ones(6, dtype=torch.long))
     assert fast.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(exact, fast).min() > 0.99
+
+
+@pytest.mark.model
+def test_shipped_weights_for_the_default_model(real_model) -> None:
+    from megacontext.gistnet import default_gist_model, shipped_weights
+
+    weights = shipped_weights(real_model.id)
+    assert weights is not None, f"no GistNet weights ship for {real_model.id}"
+    assert weights.stat().st_size <= 20 * 2**20
+    g = default_gist_model(real_model)
+    assert isinstance(g, GistNet) and g.id.startswith("gistnet-")
+    _, manifest = load_gistnet(weights)
+    for key in ("base_model", "steps", "seed", "data", "loss_curve", "commit", "evals"):
+        assert key in manifest, key
+    assert manifest["data"]["source"].startswith("Python standard library")
+    ids = torch.from_numpy(real_model.encode(["def add(a, b):\n    return a + b\n"])[0].ids)
+    x = real_model.embeddings[ids.long()][None]
+    y = g(x, torch.ones(x.shape[:2], dtype=torch.bool), torch.tensor([1]))
+    assert y.shape == (1, real_model.dim)
+    assert y.norm() == pytest.approx(real_model.token_norm * float(g.log_gain.exp()), rel=1e-2)
