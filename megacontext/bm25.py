@@ -25,7 +25,7 @@ class BM25Config:
     b: float = 0.75
     # utility = score / best score − floor: only entries holding a block that scores at least
     # this share of the best block expand; the rest stay compressed.
-    floor: float = 0.5
+    floor: float = 0.25
 
 
 class BM25Scorer:
