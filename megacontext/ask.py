@@ -6,6 +6,7 @@ at the resolution the question's scores ask for, inside a fixed budget of positi
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,10 +113,8 @@ class AskSession:
         timings["score"] = time.perf_counter() - t
         t = time.perf_counter()
         tree = self.repo.tree
-        config = self.config.allocator
-        entries = descend(tree, cold_start(tree), utilities, budget,
-                          AllocatorConfig(config.expand_threshold, config.collapse_threshold,
-                                          config.cooldown, max_edits=budget)).entries
+        config = dataclasses.replace(self.config.allocator, max_edits=budget)
+        entries = descend(tree, cold_start(tree), utilities, budget, config).entries
         assert cost(entries, tree) <= budget
         timings["allocate"] = time.perf_counter() - t
         return entries
