@@ -139,13 +139,14 @@ def substitutions(model: BaseModel, batch: Batch, candidates: list[torch.Tensor]
             drop = torch.cat([pre_logits[:, -1:], logits], 1).float().log_softmax(-1)
             nll_drop = _nll(drop, cont)
             model.truncate_cache(cache, P)
+    p_teacher = teacher.exp()
     out = []
     for gists in candidates:
         student_in = torch.cat([gists.to(model.dtype)[:, None], embed(cont[:, :-1])], 1)
         logits, cache = model.batch_forward(student_in, cache)
         model.truncate_cache(cache, P)
         student = logits.float().log_softmax(-1)
-        kl = (teacher.exp() * (teacher - student)).sum(-1).mean(-1)
+        kl = (p_teacher * (teacher - student)).sum(-1).mean(-1)
         out.append(Losses(kl=kl, nll_gist=_nll(student, cont), nll_raw=nll_raw,
                           nll_drop=nll_drop))
     return out
