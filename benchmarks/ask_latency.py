@@ -74,7 +74,7 @@ def main() -> None:
                 for stage in ("assemble", "assemble_warm"):  # block gists read, then cached
                     t0 = time.perf_counter()
                     wc = WorkingContext(model, before, after)
-                    wc.pieces = session.pieces(entries)
+                    wc.entries = session.entries(entries)
                     timings[stage] = time.perf_counter() - t0
                 focus_rows.append((budget, len(entries), timings))
     del torch

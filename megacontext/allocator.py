@@ -20,6 +20,7 @@ by timeline position, so the result is deterministic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -54,10 +55,18 @@ class Tree:
     def is_block(self, node: int) -> bool:
         return self.child_ptr[node + 1] == self.child_ptr[node]
 
+    def lists(self) -> tuple[list[int], list[int], list[int]]:
+        """child_ptr, children and tokens as Python lists (for per-node loops), made once."""
+        made = self.__dict__.get("_lists")
+        if made is None:
+            made = (self.child_ptr.tolist(), self.children.tolist(), self.tokens.tolist())
+            object.__setattr__(self, "_lists", made)
+        return made
 
-@dataclass(frozen=True, order=True)
-class Entry:
-    """One working-context entry: a node's gist, or a block's raw tokens."""
+
+class Entry(NamedTuple):
+    """One working-context entry: a node's gist, or a block's raw tokens (a tuple: a
+    working context holds thousands, made in every step)."""
 
     node: int
     raw: bool = False
@@ -117,12 +126,13 @@ def descend(tree: Tree, entries: list[Entry], node_utility: np.ndarray, budget: 
     """Best-first focusing for scorers that rate every node on its own (BM25): expand the
     best-rated entry above the expand threshold whose expansion fits the budget, then its
     children as they appear, until nothing more fits — many expand-only steps in one pass,
-    with the same legal edits. `node_utility[n]` rates node n; entries within the cooldown
-    are not expanded. Needs `entries` to fit the budget already (`allocate` makes them fit).
+    with the same legal edits. `node_utility[n]` rates node n; ties go to the earlier node.
+    Needs `entries` to fit the budget already (`allocate` makes them fit).
     """
     import heapq
 
     assert cost(entries, tree) <= budget, "descend starts from a cover within the budget"
+    ptr, children, tokens = tree.lists()
     threshold = config.expand_threshold
     heap = [(-float(node_utility[e.node]), e.node) for e in entries
             if not e.raw and node_utility[e.node] > threshold]
@@ -132,32 +142,32 @@ def descend(tree: Tree, entries: list[Entry], node_utility: np.ndarray, budget: 
     edits: list[Edit] = []
     while heap and len(edits) < config.max_edits:
         _, node = heapq.heappop(heap)
-        block = tree.is_block(node)
-        kids = tree.kids(node)
-        delta = int(tree.tokens[node]) - 1 if block else len(kids) - 1
+        lo, hi = ptr[node], ptr[node + 1]
+        delta = (tokens[node] if lo == hi else hi - lo) - 1
         if total + delta > budget:
             continue
         total += delta
         expanded.add(node)
         edits.append(Edit("expand", node))
-        if not block:
+        if lo < hi:
+            kids = tree.children[lo:hi]
             u = node_utility[kids]
-            for k in np.flatnonzero(u > threshold):
-                heapq.heappush(heap, (-float(u[k]), int(kids[k])))
+            for k in np.flatnonzero(u > threshold).tolist():
+                heapq.heappush(heap, (-float(u[k]), children[lo + k]))
     out: list[Entry] = []
     for e in entries:
-        stack = [e.node]
-        if e.raw:
+        if e.raw or e.node not in expanded:
             out.append(e)
             continue
+        stack = [e.node]
         while stack:  # depth first, children in timeline order
             node = stack.pop()
             if node not in expanded:
                 out.append(Entry(node))
-            elif tree.is_block(node):
+            elif ptr[node] == ptr[node + 1]:
                 out.append(Entry(node, raw=True))
             else:
-                stack.extend(int(c) for c in tree.kids(node)[::-1])
+                stack.extend(reversed(children[ptr[node] : ptr[node + 1]]))
     return Allocation(out, edits, {edit.node: config.cooldown for edit in edits})
 
 

@@ -7,6 +7,7 @@ at the resolution the question's scores ask for, inside a fixed budget of positi
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,12 +16,12 @@ import numpy as np
 import torch
 
 from megacontext.adapter import BaseModel
-from megacontext.allocator import AllocatorConfig, Entry, cold_start, cost, descend
+from megacontext.allocator import AllocatorConfig, Entry, cold_start, descend
 from megacontext.bm25 import BM25Config, BM25Scorer
 from megacontext.errors import MegaContextError
 from megacontext.repo_tree import RepoTree, load_repo_tree
 from megacontext.store import Store
-from megacontext.working_context import Piece, WorkingContext
+from megacontext.working_context import Entries, WorkingContext
 
 SLOT = "<<<mcagent-repository-context>>>"
 USER_TEMPLATE = ("Repository {name} ({files} files; parts out of focus are compressed):\n"
@@ -34,6 +35,7 @@ class AskConfig:
     budget: int = 2048  # positions the model sees: template + entries + question
     max_new_tokens: int = 256  # longest answer
     question_share: float = 0.25  # a question may take at most this share of the budget
+    gist_memory_mb: int = 2048  # block gists are all read at load when they fit in this
     allocator: AllocatorConfig = field(default_factory=AllocatorConfig)
     bm25: BM25Config = field(default_factory=BM25Config)
 
@@ -71,11 +73,12 @@ class AskSession:
         self.repo: RepoTree = load_repo_tree(store)
         self.file_tokens = store.all_tokens()
         self.scorer = BM25Scorer(self.repo, self.file_tokens, model.tokenizer, config.bm25)
-        nodes = np.flatnonzero(self.repo.level > 1)
-        stored = store.gist_vectors([self.repo.gist_key[n] for n in nodes], model.dim)
-        self.gists: dict[bytes, torch.Tensor] = {  # key -> (1, D): node gists now, blocks later
-            k: torch.from_numpy(v.astype(np.float32))[None] for k, v in stored.items()}
+        self.gists = GistMemory(store, self.repo, model.dim, config.gist_memory_mb)
+        self.repo.tree.lists()  # the allocator's per-node lists, made once
         model.causal_lm()  # load the network now, so the stage timings below are its own
+        # Millions of long-lived objects were just made: collect now, so the collector's
+        # next full pass (due once a quarter as many survive again) is not in a focusing step.
+        gc.collect()
         self.load_seconds = time.perf_counter() - started
 
     def ask(self, question: str, system: str, on_text: Callable[[str], None] | None = None
@@ -92,7 +95,7 @@ class AskSession:
         entries = self.focus(question, entry_budget, timings)
         t = time.perf_counter()
         wc = WorkingContext(self.model, before, after)
-        wc.pieces = self.pieces(entries)
+        wc.entries = self.entries(entries)
         timings["assemble"] = time.perf_counter() - t
         answer = self._generate(wc, on_text, timings)
         return AskResult(
@@ -115,28 +118,28 @@ class AskSession:
         tree = self.repo.tree
         config = dataclasses.replace(self.config.allocator, max_edits=budget)
         entries = descend(tree, cold_start(tree), utilities, budget, config).entries
-        assert cost(entries, tree) <= budget
         timings["allocate"] = time.perf_counter() - t
         return entries
 
-    def pieces(self, entries: list[Entry]) -> list[Piece]:
-        """Raw blocks through the embedding table (one lookup for all), gists from memory:
-        node gists are loaded with the session, block gists the first time one is needed."""
+    def entries(self, entries: list[Entry]) -> Entries:
+        """Where each position's vector comes from: raw blocks' token ids, gists' rows in
+        memory (turned into vectors when prefill needs them); keys are 2·node + raw."""
         repo = self.repo
-        missing = [repo.gist_key[e.node] for e in entries
-                   if not e.raw and repo.gist_key[e.node] not in self.gists]
-        if missing:
-            found = self.store.gist_vectors(missing, self.model.dim, blocks=True)
-            self.gists.update((k, torch.from_numpy(v.astype(np.float32))[None])
-                              for k, v in found.items())
-        raw = [e.node for e in entries if e.raw]
-        ids = [self.file_tokens[int(repo.file_id[n])][repo.tok_start[n] : repo.tok_end[n]]
-               for n in raw]
-        vectors = iter(self.model.embed(torch.from_numpy(np.concatenate(ids).astype(np.int64)))
-                       .split([len(i) for i in ids])) if ids else iter(())
-        return [Piece(("raw", e.node), next(vectors)) if e.raw
-                else Piece(("gist", e.node), self.gists[repo.gist_key[e.node]])
-                for e in entries]
+        nodes = np.fromiter((e.node for e in entries), np.int64, len(entries))
+        raw = np.fromiter((e.raw for e in entries), bool, len(entries))
+        lengths = np.where(raw, repo.tree.tokens[nodes], 1).astype(np.int64)
+        starts = np.cumsum(lengths) - lengths
+        total = int(lengths.sum())
+        token_ids = np.full(total, -1, np.int64)
+        gist_rows = np.full(total, -1, np.int64)
+        gist_rows[starts[~raw]] = self.gists.rows(nodes[~raw])
+        raw_nodes = nodes[raw]
+        if len(raw_nodes):
+            token_ids[_ranges(starts[raw], lengths[raw])] = np.concatenate([
+                self.file_tokens[f][a:b] for f, a, b in zip(
+                    repo.file_id[raw_nodes].tolist(), repo.tok_start[raw_nodes].tolist(),
+                    repo.tok_end[raw_nodes].tolist(), strict=True)])
+        return Entries(2 * nodes + raw, lengths, token_ids, gist_rows, self.gists.table())
 
     def spans(self, entries: list[Entry]) -> list[Span]:
         """Raw entries merged into line spans per file, in timeline order."""
@@ -203,6 +206,68 @@ class AskSession:
         timings["decode_tokens_per_s"] = len(ids) / seconds if seconds > 0 else 0.0
         timings["answer_tokens"] = float(len(ids))
         return final
+
+
+class GistMemory:
+    """The gists a working context can hold, in memory: every node gist (few) from the
+    start, and every block gist too when they fit in `limit_mb` (a scan reads them all in
+    about a second for 500k blocks; fetched one by one they cost ~0.1 ms each). Otherwise
+    block gists are read the first time they are needed and kept."""
+
+    def __init__(self, store: Store, repo: RepoTree, dim: int, limit_mb: int) -> None:
+        self.store, self.repo, self.dim = store, repo, dim
+        self.row = np.full(repo.size, -1, np.int64)  # node -> row of `matrix`
+        parts = [store.gists_by_node(dim, blocks=False)]
+        blocks = int((repo.level == 1).sum())
+        self.preloaded = blocks * dim * 2 <= limit_mb * 2**20
+        if self.preloaded:
+            parts.append(store.gists_by_node(dim, blocks=True))
+        ids = np.concatenate([p[0] for p in parts])
+        self.matrix = np.concatenate([p[1] for p in parts])
+        self.size = len(ids)
+        self._place(ids, 0)
+
+    def _place(self, node_ids: np.ndarray, first_row: int) -> None:
+        at = np.searchsorted(self.repo.node_id, node_ids)
+        ok = (at < self.repo.size) & (self.repo.node_id[np.minimum(at, self.repo.size - 1)]
+                                      == node_ids)
+        self.row[at[ok]] = first_row + np.flatnonzero(ok)
+
+    def rows(self, nodes: np.ndarray) -> np.ndarray:
+        """Rows of `table()` holding these nodes' gists (read from the store if need be)."""
+        missing = np.unique(nodes[self.row[nodes] < 0])
+        if len(missing):
+            self._fetch(missing)
+        rows = self.row[nodes]
+        if (rows < 0).any():
+            raise MegaContextError("the index has nodes without gists: run `mcagent index`")
+        return rows
+
+    def table(self) -> torch.Tensor:
+        """(rows, D) float16 gists, sharing memory with this store."""
+        return torch.from_numpy(self.matrix[: self.size])
+
+    def _fetch(self, nodes: np.ndarray) -> None:
+        keys = [self.repo.gist_key[n] for n in nodes.tolist()]
+        found = self.store.gist_vectors(keys, self.dim, blocks=True)
+        have = [n for n, k in zip(nodes.tolist(), keys, strict=True) if k in found]
+        if not have:
+            return
+        new = np.stack([found[self.repo.gist_key[n]] for n in have])
+        if self.size + len(new) > len(self.matrix):  # grow by doubling
+            grown = np.empty((max(2 * len(self.matrix), self.size + len(new)), self.dim),
+                             np.float16)
+            grown[: self.size] = self.matrix[: self.size]
+            self.matrix = grown
+        self.matrix[self.size : self.size + len(new)] = new
+        self.row[np.array(have)] = self.size + np.arange(len(new))
+        self.size += len(new)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated aranges start..start+length−1."""
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(
+        int(lengths.sum()))
 
 
 def _common(a: str, b: str) -> str:

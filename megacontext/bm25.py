@@ -47,9 +47,11 @@ class BM25Scorer:
         block_of = np.repeat(np.arange(len(blocks)), lengths)
         # Postings: the blocks of every occurrence, grouped by term (built once per session;
         # a question then touches only its own terms' occurrences).
-        order = np.argsort(terms, kind="stable")
+        small = terms.astype(np.uint16) if len(self.norm) <= 2**16 else terms
+        order = np.argsort(small, kind="stable")  # a radix sort for 16-bit terms
         self.postings = block_of[order].astype(np.int32)
-        self.term_start = np.searchsorted(terms[order], np.arange(len(self.norm) + 1))
+        self.term_start = np.concatenate(
+            ([0], np.cumsum(np.bincount(terms, minlength=len(self.norm)))))
         self._levels = _levels(repo)
 
     def block_scores(self, question: str) -> np.ndarray:

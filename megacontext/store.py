@@ -318,6 +318,15 @@ class Store:
         with self._registered("wanted", _keys_table(keys)):
             return self.con.execute(sql.format(keys="(SELECT gist_key FROM wanted)")).fetchall()
 
+    def gists_by_node(self, dim: int, blocks: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Every node's stored gist, blocks' or higher nodes': (node ids, (n, dim) float16),
+        read in one scan (a few keys at a time cost ~0.1 ms each, a scan ~1 µs a row)."""
+        table = "block_gists" if blocks else "gists"
+        level = "= 1" if blocks else "> 1"
+        rows = self.con.sql(f"SELECT n.node_id, g.vec FROM nodes n JOIN {table} g "
+                            f"ON n.gist_key = g.gist_key WHERE n.level {level}").to_arrow_table()
+        return rows.column("node_id").to_numpy(), _fp16_rows(rows.column("vec"), dim)
+
     def write_gists(self, keys: list[bytes], vectors: np.ndarray, blocks: bool) -> int:
         """Insert vectors (N, D) float16 under keys that are not stored (the caller checked
         with `existing_gist_keys`: one process writes at a time); returns how many."""
@@ -408,6 +417,20 @@ class Store:
             yield
         finally:
             self.con.unregister(name)
+
+
+def _fp16_rows(column: pa.ChunkedArray, dim: int) -> np.ndarray:
+    """A column of float16 vectors stored as blobs -> (n, dim) array over the same memory."""
+    values = column.combine_chunks()
+    n = len(values)
+    if n == 0:
+        return np.zeros((0, dim), np.float16)
+    width = 8 if pa.types.is_large_binary(values.type) else 4
+    offsets = np.frombuffer(values.buffers()[1], f"<i{width}")
+    offsets = offsets[values.offset : values.offset + n + 1]
+    assert bool((np.diff(offsets) == 2 * dim).all()), f"stored gists are not {dim}-wide"
+    data = np.frombuffer(values.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+    return data.view("<f2").reshape(n, dim)
 
 
 def _keys_table(keys: list[bytes]) -> pa.Table:

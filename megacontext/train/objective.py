@@ -109,10 +109,20 @@ def substitution(model: BaseModel, batch: Batch, gists: torch.Tensor, with_drop:
     return substitutions(model, batch, [gists], with_drop)[0]
 
 
-def substitutions(model: BaseModel, batch: Batch, candidates: list[torch.Tensor],
-                  with_drop: bool = False) -> list[Losses]:
-    """`substitution` for several candidate gists of the same spans (e.g. GistNet and a
-    baseline), sharing the prefix, teacher and deleted-span passes."""
+@dataclass
+class Reference:
+    """What every candidate gist of a batch is compared with: the prefix's KV cache, the
+    teacher's log-probabilities (raw span) and the raw and deleted-span NLLs."""
+
+    cache: object
+    prefix_length: int
+    teacher: torch.Tensor  # (B, H, V) log-probabilities
+    nll_raw: torch.Tensor
+    nll_drop: torch.Tensor | None
+
+
+def reference(model: BaseModel, batch: Batch, with_drop: bool = False) -> Reference:
+    """Run the prefix, the raw span (teacher) and optionally the deleted span, no gradients."""
     device = model.device
     embed = model.causal_lm().get_input_embeddings()
     B, H = batch.cont.shape
@@ -132,24 +142,33 @@ def substitutions(model: BaseModel, batch: Batch, candidates: list[torch.Tensor]
         teacher = teacher.log_softmax(-1)
         del logits
         model.truncate_cache(cache, P)
-        nll_raw = _nll(teacher, cont)
         nll_drop = None
         if with_drop:
             logits, cache = model.batch_forward(embed(cont[:, :-1]), cache)
             drop = torch.cat([pre_logits[:, -1:], logits], 1).float().log_softmax(-1)
             nll_drop = _nll(drop, cont)
             model.truncate_cache(cache, P)
-    p_teacher = teacher.exp()
-    out = []
-    for gists in candidates:
-        student_in = torch.cat([gists.to(model.dtype)[:, None], embed(cont[:, :-1])], 1)
-        logits, cache = model.batch_forward(student_in, cache)
-        model.truncate_cache(cache, P)
-        student = logits.float().log_softmax(-1)
-        kl = (p_teacher * (teacher - student)).sum(-1).mean(-1)
-        out.append(Losses(kl=kl, nll_gist=_nll(student, cont), nll_raw=nll_raw,
-                          nll_drop=nll_drop))
-    return out
+    return Reference(cache, P, teacher, _nll(teacher, cont), nll_drop)
+
+
+def student(model: BaseModel, batch: Batch, ref: Reference, gists: torch.Tensor) -> Losses:
+    """KL and NLLs with `gists` in place of the spans; gradients reach `gists` when on."""
+    embed = model.causal_lm().get_input_embeddings()
+    cont = batch.cont.to(model.device)
+    student_in = torch.cat([gists.to(model.dtype)[:, None], embed(cont[:, :-1])], 1)
+    logits, cache = model.batch_forward(student_in, ref.cache)
+    model.truncate_cache(cache, ref.prefix_length)
+    logp = logits.float().log_softmax(-1)
+    kl = (ref.teacher.exp() * (ref.teacher - logp)).sum(-1).mean(-1)
+    return Losses(kl=kl, nll_gist=_nll(logp, cont), nll_raw=ref.nll_raw, nll_drop=ref.nll_drop)
+
+
+def substitutions(model: BaseModel, batch: Batch, candidates: list[torch.Tensor],
+                  with_drop: bool = False) -> list[Losses]:
+    """`substitution` for several candidate gists of the same spans (e.g. GistNet and a
+    baseline), sharing the prefix, teacher and deleted-span passes."""
+    ref = reference(model, batch, with_drop)
+    return [student(model, batch, ref, gists) for gists in candidates]
 
 
 def _nll(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
