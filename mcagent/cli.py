@@ -16,11 +16,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import prompts
 from ingest.errors import IngestError
+from ingest.watch import Batch
 from mcagent import render
 from mcagent.config import ConfigError, Settings, load_settings
 from megacontext.adapter import BaseModel, load_base_model
 from megacontext.ask import AskConfig, AskSession
 from megacontext.errors import MegaContextError
+from megacontext.gist import GistModel
 from megacontext.gistnet import default_gist_model
 from megacontext.indexer import index_repository, pending_changes
 from megacontext.store import Store, db_path
@@ -34,6 +36,9 @@ PathArg = Annotated[Path, typer.Argument(help="Repository root (default: current
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="Base model: a local Hugging Face folder or hub id (default: SmolLM2).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON report on stdout.")]
+WaitOpt = Annotated[float | None, typer.Option(
+    "--wait", min=0.0, help="Seconds to wait while another mcagent process (e.g. `watch`) "
+    "holds the index (default 60).")]
 
 
 @app.command()
@@ -42,11 +47,12 @@ def index(
     model: ModelOpt = None,
     max_file_bytes: Annotated[int | None, typer.Option(
         help="Skip files larger than this many bytes (default 1,000,000).")] = None,
+    wait: WaitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Index the repository into .mcagent/index.duckdb (incrementally)."""
     with _user_errors():
-        settings = _settings(path, model=model, max_file_bytes=max_file_bytes)
+        settings = _settings(path, model=model, max_file_bytes=max_file_bytes, lock_wait=wait)
         base = _load_model(settings)
         with _progress() as progress:
             report = index_repository(settings.root, base, default_gist_model(base),
@@ -61,11 +67,19 @@ def index(
 
 
 @app.command()
-def status(path: PathArg = Path("."), as_json: JsonOpt = False) -> None:
+def status(
+    path: PathArg = Path("."),
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Re-hash every file and check the index's own consistency; exit 1 "
+        "on any mismatch.")] = False,
+    wait: WaitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Show what the index holds and which files changed since it was built."""
     with _user_errors():
-        settings = _settings(path)
-        with Store.open(db_path(settings.root), read_only=True) as store:
+        settings = _settings(path, lock_wait=wait)
+        with Store.open(db_path(settings.root), read_only=True,
+                        wait=settings.index.lock_wait, on_wait=_waiting) as store:
             meta = store.meta()
             report = {
                 "database": str(db_path(settings.root)),
@@ -76,12 +90,17 @@ def status(path: PathArg = Path("."), as_json: JsonOpt = False) -> None:
                 "index": store.summary(),
                 "last_run": store.last_run(),
                 "changes": render.changes_json(pending_changes(settings.root, store,
-                                                               settings.index)),
+                                                               settings.index, rehash=verify)),
             }
+            if verify:
+                report["problems"] = store.integrity()
     if as_json:
         print(json.dumps(report, indent=2, default=str))
     else:
         render.status_report(out, report)
+        render.verify_report(out, report)
+    if verify and (report["problems"] or any(report["changes"].values())):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -95,6 +114,7 @@ def ask(
     max_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
     show_focus: Annotated[bool, typer.Option(
         "--show-focus", help="Show every file with the level it is held at.")] = False,
+    wait: WaitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question over the whole repository, citing what it focused on."""
@@ -103,25 +123,109 @@ def ask(
     if focus != "bm25":
         raise typer.BadParameter(f"unknown scorer {focus!r}; available: bm25", param_hint="--focus")
     with _user_errors():
-        settings = _settings(repo, model=model)
+        settings = _settings(repo, model=model, lock_wait=wait)
         base = _load_model(settings)
         with _progress() as progress:
             index_repository(settings.root, base, default_gist_model(base),
                              settings.index, progress)
         config = AskConfig(budget=budget or (2048 if base.device.type == "cpu" else 8192),
                            max_new_tokens=max_tokens)
-        with Store.open(db_path(settings.root), read_only=True) as store:
+        store = Store.open(db_path(settings.root), read_only=True,
+                           wait=settings.index.lock_wait, on_wait=_waiting)
+        try:
             session = AskSession(store, base, settings.root.name, config)
+            if session.gists.preloaded:  # all in memory: let a watcher write while we think
+                store.close()
             stream = None if as_json else _stream_to(out)
             result = session.ask(question, prompts.render("ask_system",
                                                           repository=settings.root.name),
                                  stream)
+        finally:
+            store.close()
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     if as_json:
         print(json.dumps(render.ask_json(result), indent=2))
         return
     render.ask_report(out, result, show_focus)
+
+
+@app.command()
+def watch(
+    path: PathArg = Path("."),
+    model: ModelOpt = None,
+    quiet: Annotated[float, typer.Option(
+        min=0.0, help="Seconds without file events that close a batch.")] = 0.15,
+    wait: WaitOpt = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON event per line on stdout.")] = False,
+) -> None:
+    """Keep the index current while files change (Ctrl-C stops; `ask` works meanwhile)."""
+    from ingest.watch import WatchConfig, Watcher
+
+    with _user_errors():
+        settings = _settings(path, model=model, lock_wait=wait)
+        base = _load_model(settings)
+        gist_model = default_gist_model(base)
+        root = settings.root
+        emit = _watch_events(as_json)
+        stats = render.WatchStats(root=str(root))
+        try:
+            with Watcher(root, WatchConfig(quiet=quiet)) as watcher:  # events queue from now
+                with _progress() as progress:  # catch up with what changed while unwatched
+                    report = index_repository(root, base, gist_model, settings.index,
+                                              progress)
+                with Store.open(db_path(root), read_only=True,
+                                wait=settings.index.lock_wait) as store:
+                    known = set(store.files())
+                emit({"event": "ready", "root": str(root), "files": report.files,
+                      "caught_up": {"new": report.new, "changed": report.changed,
+                                    "deleted": report.deleted},
+                      "seconds": round(report.seconds, 3)})
+                with render.watch_live(err, stats, lambda: watcher.pending,
+                                       enabled=not as_json):
+                    for batch in watcher.batches():
+                        _apply(batch, root, known, base, gist_model, settings, emit, stats)
+        except KeyboardInterrupt:
+            emit({"event": "stopped", "updates": stats.updates, "files": stats.files})
+
+
+def _apply(batch: Batch, root: Path, known: set[str], base: BaseModel, gist_model: GistModel,
+           settings: Settings, emit: Callable[[dict], None], stats: render.WatchStats) -> None:
+    """One watcher batch through the same incremental update as `index`."""
+    import time
+
+    from ingest.watch import expand, relevant
+
+    paths = relevant(root, expand(root, batch.paths, known), known, settings.index.walk)
+    if not paths:
+        return  # ignored files only: the index is not touched
+    started = time.monotonic()
+    try:
+        done = index_repository(root, base, gist_model, settings.index, paths=paths)
+    except (IngestError, MegaContextError) as e:
+        emit({"event": "error", "paths": len(paths), "message": str(e)})
+        return
+    finished = time.monotonic()
+    known.update(p for p in paths if (root / p).is_file())
+    known.difference_update(p for p in paths if not (root / p).exists())
+    event = {"event": "update", "paths": len(paths), "new": done.new,
+             "changed": done.changed, "deleted": done.deleted,
+             "tokens": done.tokens_processed, "gists": done.gists_computed,
+             "update_seconds": round(finished - started, 3),
+             "latency_seconds": round(finished - batch.since, 3), "sample": paths[:8]}
+    stats.record(event)
+    emit(event)
+
+
+def _watch_events(as_json: bool) -> Callable[[dict], None]:
+    def emit(event: dict) -> None:
+        if as_json:
+            print(json.dumps(event), flush=True)
+        else:
+            render.watch_event(err, event)
+
+    return emit
 
 
 train_app = typer.Typer(no_args_is_help=True, help="Train the learned parts for a base model.")
@@ -191,6 +295,10 @@ def _settings(path: Path, **flags: object) -> Settings:
 def _load_model(settings: Settings) -> BaseModel:
     with err.status("Loading the base model (the first run converts it once, ≈30 s)…"):
         return load_base_model(settings.model)
+
+
+def _waiting(message: str) -> None:
+    err.print(f"[dim]waiting: {escape(message)}[/]", highlight=False)
 
 
 def _gist_label(gist_id: str) -> str:

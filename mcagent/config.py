@@ -17,7 +17,9 @@ KNOWN = {
     "model": (str, "base model: a local Hugging Face folder or hub id (default: SmolLM2)"),
     "max_file_bytes": (int, "files larger than this are skipped"),
     "cache_dir": (str, "where converted models are cached"),
+    "lock_wait": (float, "seconds to wait while another mcagent process holds the index"),
 }
+LOCK_WAIT = 60.0  # what commands wait for the index by default (a watcher's batch, an index)
 
 
 class ConfigError(Exception):
@@ -41,7 +43,8 @@ def load_settings(root: Path, **flags: object) -> Settings:
     values.update({k: v for k, v in flags.items() if v is not None})
     cache_dir = Path(str(values.get("cache_dir") or platformdirs.user_cache_dir("mcagent")))
     model = ModelConfig(name=values.get("model"), cache_dir=cache_dir.expanduser())
-    index = IndexConfig()
+    lock_wait = float(values.get("lock_wait", LOCK_WAIT))  # type: ignore[arg-type]
+    index = IndexConfig(lock_wait=lock_wait)
     if "max_file_bytes" in values:
         index = replace(index, walk=replace(index.walk,
                                             max_file_bytes=int(values["max_file_bytes"])))
@@ -61,6 +64,6 @@ def _from_file(path: Path, table: tuple[str, ...]) -> dict[str, object]:
         if key not in KNOWN:
             raise ConfigError(f"unknown setting {key!r} in {path}; known: {', '.join(KNOWN)}")
         kind = KNOWN[key][0]
-        if not isinstance(value, kind):
+        if not isinstance(value, kind) and not (kind is float and isinstance(value, int)):
             raise ConfigError(f"setting {key!r} in {path} must be a {kind.__name__}")
     return dict(data)

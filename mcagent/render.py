@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from megacontext.ask import AskResult
@@ -54,6 +58,22 @@ def status_report(console: Console, status: dict) -> None:
             console.print(f"  {label:9} {p}")
         if len(paths) > 10:
             console.print(f"  … and {len(paths) - 10} more {label}")
+
+
+def verify_report(console: Console, status: dict) -> None:
+    """`status --verify`: the index's own consistency, after the usual report."""
+    problems = status.get("problems")
+    if problems is None:
+        return
+    changed = sum(len(v) for v in status["changes"].values())
+    if not problems and not changed:
+        console.print("[green]Verified[/]: every file's content hash matches the index, and "
+                      "the index is consistent.")
+        return
+    for line in problems:
+        console.print(f"[red]inconsistent[/] {line}")
+    if changed:
+        console.print(f"[red]{changed} file(s) differ from the index[/] (listed above)")
 
 
 def changes_json(changes: Changes) -> dict[str, list[str]]:
@@ -124,3 +144,57 @@ def train_line(step: int, total: int, m: dict[str, float]) -> str:
     if "l1_recovery" in m:
         line += f"  | held-out recovery L1 {m['l1_recovery']:.3f} L2 {m['l2_recovery']:.3f}"
     return line
+
+
+@dataclass
+class WatchStats:
+    """What `watch` shows on its live line."""
+
+    root: str
+    updates: int = 0
+    files: int = 0
+    last: str = "no update yet"
+
+    def record(self, event: dict) -> None:
+        self.updates += 1
+        self.files += event["paths"]
+        self.last = (f"last update {event['latency_seconds'] * 1e3:.0f} ms after the change "
+                     f"({event['paths']} file(s))")
+
+
+@contextlib.contextmanager
+def watch_live(console: Console, stats: WatchStats, pending: Callable[[], int],
+               enabled: bool) -> Iterator[None]:
+    """A live status line: queued and processed files, the last update's latency."""
+
+    class Line:
+        def __rich__(self) -> Text:
+            return Text.from_markup(
+                f"[bold]watching[/] {stats.root} · {pending()} queued · {stats.files} "
+                f"processed in {stats.updates} update(s) · {stats.last} · Ctrl-C stops")
+
+    if not enabled:
+        yield
+        return
+    with Live(Line(), console=console, refresh_per_second=4, transient=True):
+        yield
+
+
+def watch_event(console: Console, event: dict) -> None:
+    kind = event["event"]
+    if kind == "ready":
+        c = event["caught_up"]
+        console.print(f"[bold]Watching[/] {event['root']} ({event['files']} files; caught up: "
+                      f"{c['new']} new, {c['changed']} changed, {c['deleted']} deleted in "
+                      f"{event['seconds']:.1f} s)")
+    elif kind == "update":
+        console.print(f"updated {event['paths']} path(s): {event['new']} new, "
+                      f"{event['changed']} changed, {event['deleted']} deleted "
+                      f"in {event['update_seconds'] * 1e3:.0f} ms "
+                      f"({event['latency_seconds'] * 1e3:.0f} ms after the change)",
+                      highlight=False)
+    elif kind == "error":
+        console.print(f"[red]error[/] ({event['paths']} path(s) not updated; the next change "
+                      f"or restart retries): {event['message']}", highlight=False)
+    elif kind == "stopped":
+        console.print(f"Stopped watching after {event['updates']} update(s).")

@@ -154,6 +154,11 @@ class BaseModel:
         extra = cache.get_seq_length() - length
         if extra > 0:
             cache.crop(-extra)
+        for layer in getattr(cache, "layers", ()):  # what is kept was computed before: a view
+            for name in ("keys", "values"):  # into a later pass's graph would tie them to it
+                kept = getattr(layer, name, None)
+                if isinstance(kept, torch.Tensor) and kept.requires_grad:
+                    setattr(layer, name, kept.detach())
 
     def stop_ids(self) -> set[int]:
         lm = self.causal_lm()

@@ -58,6 +58,7 @@ class IndexConfig:
     tree: TreeConfig = field(default_factory=TreeConfig)
     files_per_batch: int = 256  # files tokenized together (the tokenizer runs them in parallel)
     gists_per_batch: int = 1024  # groups compressed in one gist-model call
+    lock_wait: float = 0.0  # seconds to wait while another process holds the index
 
 
 @dataclass
@@ -104,7 +105,7 @@ def index_repository(root: Path, model: BaseModel, gist_model: GistModel,
         raise NothingToIndex(_nothing_message(root, walk.skipped_by_reason()))
     created = not (Path(root) / DB_FOLDER).exists()
     try:
-        with Store.open(db_path(root)) as store:
+        with Store.open(db_path(root), wait=config.lock_wait) as store:
             report = _index(Path(root), walk, paths, store, model, gist_model, config,
                             progress, started)
     except BaseException:
@@ -563,8 +564,11 @@ class Changes:
         return len(self.new) + len(self.modified) + len(self.deleted)
 
 
-def pending_changes(root: Path, store: Store, config: IndexConfig = IndexConfig()) -> Changes:
-    """Compare the work tree with the index: stat first, bytes only where the stat differs."""
+def pending_changes(root: Path, store: Store, config: IndexConfig = IndexConfig(),
+                    rehash: bool = False) -> Changes:
+    """Compare the work tree with the index: stat first, bytes only where the stat differs
+    (or, with `rehash`, the bytes of every file: a content hash that no longer matches is a
+    change whatever the stat says)."""
     walk = list_files(root, config.walk)
     previous = store.files()
     changes = Changes()
@@ -572,7 +576,7 @@ def pending_changes(root: Path, store: Store, config: IndexConfig = IndexConfig(
         old = previous.get(entry.path)
         if old is None:
             changes.new.append(entry.path)
-        elif (old.size, old.mtime_ns) != (entry.size, entry.mtime_ns):
+        elif rehash or (old.size, old.mtime_ns) != (entry.size, entry.mtime_ns):
             data = read_file(root, entry, config.walk)
             if hashlib.blake2b(data, digest_size=16).digest() != old.hash:
                 changes.modified.append(entry.path)

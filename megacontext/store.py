@@ -30,7 +30,8 @@ which we report as `StoreLocked`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -113,9 +114,27 @@ class Store:
     # ------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, path: Path, read_only: bool = False, migrations: list[str] = MIGRATIONS
-             ) -> Store:
-        """Open (and, when writable, create or migrate) the database at `path`."""
+    def open(cls, path: Path, read_only: bool = False, migrations: list[str] = MIGRATIONS,
+             wait: float = 0.0, on_wait: Callable[[str], None] | None = None) -> Store:
+        """Open (and, when writable, create or migrate) the database at `path`. While another
+        process holds it, retry with backoff for up to `wait` seconds (telling `on_wait` who
+        holds it, once) before giving up with StoreLocked."""
+        deadline = time.monotonic() + wait
+        delay = 0.02
+        while True:
+            try:
+                return cls._open(path, read_only, migrations)
+            except StoreLocked as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                if on_wait is not None:
+                    on_wait(str(e))
+                    on_wait = None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    @classmethod
+    def _open(cls, path: Path, read_only: bool, migrations: list[str]) -> Store:
         path = Path(path)
         if read_only and not path.exists():
             raise NotIndexed(f"no index at {path.parent.parent}: run `mcagent index` first")
@@ -400,6 +419,38 @@ class Store:
             "skipped": skipped, "tokens": int(tokens),
             "nodes_by_level": {int(k): v for k, v in levels}, "gists": int(gists),
         }
+
+    def integrity(self) -> list[str]:
+        """What is inconsistent inside the index (empty when nothing is), one line each."""
+        checks = [
+            ("indexed files without their tokens",
+             "SELECT f.path FROM files f LEFT JOIN tokens t USING (file_id) "
+             "WHERE f.status = 'indexed' AND (t.ids IS NULL OR octet_length(t.ids) "
+             "<> 4 * f.n_tokens)"),
+            ("indexed files without their root node",
+             "SELECT f.path FROM files f LEFT JOIN nodes n ON n.node_id = f.root_id "
+             "WHERE f.status = 'indexed' AND n.node_id IS NULL"),
+            ("nodes of files that are not indexed",
+             "SELECT DISTINCT coalesce(f.path, 'file ' || n.file_id) FROM nodes n "
+             "LEFT JOIN files f USING (file_id) WHERE n.file_id > 0 "
+             "AND (f.status IS NULL OR f.status <> 'indexed')"),
+            ("nodes whose parent is missing",
+             "SELECT 'node ' || n.node_id FROM nodes n LEFT JOIN nodes p "
+             "ON p.node_id = n.parent_id WHERE n.parent_id IS NOT NULL AND p.node_id IS NULL"),
+            ("nodes without a gist",
+             "SELECT 'node ' || n.node_id FROM nodes n WHERE NOT EXISTS "
+             "(SELECT 1 FROM block_gists g WHERE g.gist_key = n.gist_key) AND NOT EXISTS "
+             "(SELECT 1 FROM gists g WHERE g.gist_key = n.gist_key)"),
+            ("nodes without a parent (there must be exactly one root)",
+             "SELECT count(*) FROM nodes WHERE parent_id IS NULL HAVING count(*) <> 1"),
+        ]
+        problems = []
+        for what, sql in checks:
+            found = [r[0] for r in self.con.execute(sql + " LIMIT 6").fetchall()]
+            if found:
+                more = ", …" if len(found) > 5 else ""
+                problems.append(f"{what}: {', '.join(map(str, found[:5]))}{more}")
+        return problems
 
     # ------------------------------------------------------------ helpers
 
