@@ -160,8 +160,13 @@ def watch(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print one JSON event per line on stdout.")] = False,
 ) -> None:
-    """Keep the index current while files change (Ctrl-C stops; `ask` works meanwhile)."""
+    """Keep the index current while files change (Ctrl-C or SIGTERM stops; `ask` works
+    meanwhile)."""
+    import signal
+
     from ingest.watch import WatchConfig, Watcher
+
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: the same as Ctrl-C
 
     with _user_errors():
         settings = _settings(path, model=model, lock_wait=wait)
@@ -216,6 +221,10 @@ def _apply(batch: Batch, root: Path, known: set[str], base: BaseModel, gist_mode
              "latency_seconds": round(finished - batch.since, 3), "sample": paths[:8]}
     stats.record(event)
     emit(event)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _watch_events(as_json: bool) -> Callable[[dict], None]:

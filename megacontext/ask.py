@@ -244,7 +244,8 @@ class GistMemory:
         return rows
 
     def table(self) -> torch.Tensor:
-        """(rows, D) float16 gists, sharing memory with this store."""
+        """(rows, D) float16 gists, sharing memory with this store: take it after `rows`
+        (which may read more gists and grow the table)."""
         return torch.from_numpy(self.matrix[: self.size])
 
     def _fetch(self, nodes: np.ndarray) -> None:

@@ -33,7 +33,7 @@ from ingest.walk import (
     stat_paths,
 )
 from megacontext.adapter import BaseModel
-from megacontext.errors import NothingToIndex
+from megacontext.errors import NothingToIndex, NotIndexed
 from megacontext.gist import MAX_CHILDREN, GistModel
 from megacontext.store import DB_FOLDER, DIR_FILE_ID, LOCAL_BITS, FileRecord, Store, db_path
 from megacontext.tree import (
@@ -47,6 +47,7 @@ from megacontext.tree import (
 )
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+SMALL_UPDATE = 8  # named paths up to this many are updated in one open of the index
 INDEXED = "indexed"
 
 
@@ -105,9 +106,8 @@ def index_repository(root: Path, model: BaseModel, gist_model: GistModel,
         raise NothingToIndex(_nothing_message(root, walk.skipped_by_reason()))
     created = not (Path(root) / DB_FOLDER).exists()
     try:
-        with Store.open(db_path(root), wait=config.lock_wait) as store:
-            report = _index(Path(root), walk, paths, store, model, gist_model, config,
-                            progress, started)
+        report = _index(Path(root), walk, paths, model, gist_model, config, progress, started,
+                        created)
     except BaseException:
         if created:
             shutil.rmtree(Path(root) / DB_FOLDER, ignore_errors=True)  # nothing half-written
@@ -118,9 +118,49 @@ def index_repository(root: Path, model: BaseModel, gist_model: GistModel,
     return report
 
 
-def _index(root: Path, walk: WalkResult, paths: list[str] | None, store: Store,
-           model: BaseModel, gist_model: GistModel, config: IndexConfig, progress: Progress,
-           started: float) -> IndexReport:
+def _index(root: Path, walk: WalkResult, paths: list[str] | None, model: BaseModel,
+           gist_model: GistModel, config: IndexConfig, progress: Progress, started: float,
+           created: bool) -> IndexReport:
+    """Prepare with the index open read-only, then write with it open for writing: the
+    file is held for writing only as long as the write takes (readers such as `ask` wait
+    for that, not for the chunking and gisting). If another process wrote in between,
+    prepare again. A new or older-schema index, and a watcher's few files (quicker to do
+    than to open the file twice), are prepared and written in one open."""
+    path = db_path(root)
+    small = paths is not None and len(paths) <= SMALL_UPDATE
+    while not (created or small):
+        try:
+            with Store.open(path, read_only=True, wait=config.lock_wait) as store:
+                work = _prepare(root, walk, paths, store, model, gist_model, config, progress,
+                                started)
+                generation = store.generation()
+        except NotIndexed:
+            break  # an older schema: migrate while writing
+        with Store.open(path, wait=config.lock_wait) as store:
+            if store.generation() == generation:
+                return _commit(store, work)
+    with Store.open(path, wait=config.lock_wait) as store:
+        return _commit(store, _prepare(root, walk, paths, store, model, gist_model, config,
+                                       progress, started))
+
+
+@dataclass
+class _Prepared:
+    """Everything a run writes, computed before the index is opened for writing."""
+
+    plan: _Plan
+    trees: dict[str, FileTree]
+    keys: dict[str, list[bytes]] | None = None  # None: nothing changed
+    dirs: _DirNodes | None = None
+    bank: _GistBank | None = None
+    unused: set[bytes] = field(default_factory=set)
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+def _prepare(root: Path, walk: WalkResult, paths: list[str] | None, store: Store,
+             model: BaseModel, gist_model: GistModel, config: IndexConfig, progress: Progress,
+             started: float) -> _Prepared:
+    """Plan, chunk, tokenize and gist: reads the index, writes nothing."""
     if paths is not None and _model_changed(store, model, gist_model):
         walk, paths = list_files(root, config.walk), None  # every file must be rebuilt
     plan = _plan(root, walk, paths, store, model, gist_model, config, progress)
@@ -129,7 +169,7 @@ def _index(root: Path, walk: WalkResult, paths: list[str] | None, store: Store,
     if not plan.indexed_after():
         raise NothingToIndex(_nothing_message(root, Counter(plan.statuses().values())))
     if not plan.rows and not plan.deleted:
-        return _record(store, plan, trees, 0)  # nothing changed: nothing to rebuild
+        return _Prepared(plan, trees)  # nothing changed: nothing to rebuild
     bank, work = _GistBank(store, model, gist_model, config), _Gisting()
     keys = _file_keys(trees, bank, work)
     dirs = _dir_nodes(plan, trees, store, bank, config, work)
@@ -138,7 +178,13 @@ def _index(root: Path, walk: WalkResult, paths: list[str] | None, store: Store,
     _gist_all(work, bank, replaced | roots, progress)  # keys in use now are known to exist
     meta = {"base_model": model.id, "gist_model": gist_model.id, "gist_dim": str(model.dim),
             "gist_model_description": gist_model.description}
-    return _write(store, plan, trees, keys, dirs, bank, replaced - set(work.keys), meta)
+    return _Prepared(plan, trees, keys, dirs, bank, replaced - set(work.keys), meta)
+
+
+def _commit(store: Store, p: _Prepared) -> IndexReport:
+    if p.keys is None or p.dirs is None or p.bank is None:
+        return _record(store, p.plan, p.trees, 0)
+    return _write(store, p.plan, p.trees, p.keys, p.dirs, p.bank, p.unused, p.meta)
 
 
 def _write(store: Store, plan: _Plan, trees: dict[str, FileTree], keys: dict[str, list[bytes]],

@@ -387,6 +387,10 @@ class Store:
         self.con.execute("INSERT INTO index_runs VALUES (now(), ?, ?, ?, ?, ?, ?, ?)",
                          [seconds, new, changed, deleted, unchanged, tokens, gists])
 
+    def generation(self) -> int:
+        """Grows with every committed index run: equal numbers, the same index."""
+        return self.count("index_runs")
+
     def last_run(self) -> dict[str, object] | None:
         cur = self.con.execute("SELECT * FROM index_runs ORDER BY finished_at DESC LIMIT 1")
         names = [d[0] for d in cur.description]

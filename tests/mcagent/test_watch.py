@@ -64,12 +64,14 @@ class WatchProcess:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                raise AssertionError("the watcher did not stop on SIGTERM") from None
+            assert self.proc.returncode == 0, self._stderr()
 
 
 def indexed(repo: Path) -> dict[str, str]:
@@ -215,6 +217,7 @@ def test_sigkill_mid_batch_then_restart_is_clean(tmp_path: Path) -> None:
     again = WatchProcess(repo)  # the database opens, and the watcher catches up
     ready = again.next("ready", timeout=300)
     again.stop()
+    assert again.next("stopped", timeout=5)["updates"] == 0
     assert ready["files"] == 61, ready
     result = verify(repo)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -249,3 +249,40 @@ def test_raised_size_limit_indexes_a_skipped_file(code_repo: Path) -> None:
     assert first.skipped.get("too-large", 0) >= 4
     second = index(code_repo)
     assert second.skipped == {} and second.files == 6
+
+
+def test_gist_memory_preloaded_equals_read_on_demand(code_repo: Path) -> None:
+    from megacontext.ask import GistMemory
+    from megacontext.repo_tree import load_repo_tree
+
+    index(code_repo)
+    with Store.open(db_path(code_repo), read_only=True) as store:
+        repo = load_repo_tree(store)
+        nodes = np.arange(repo.size)
+        all_in = GistMemory(store, repo, MODEL.dim, limit_mb=64)
+        on_demand = GistMemory(store, repo, MODEL.dim, limit_mb=0)
+        assert all_in.preloaded and not on_demand.preloaded
+        assert on_demand.size < repo.size, "block gists are not read up front"
+        a = all_in.table()[torch.from_numpy(all_in.rows(nodes))]
+        rows = on_demand.rows(nodes[::-1])  # reads the missing block gists, then the table
+        b = on_demand.table()[torch.from_numpy(rows)].flip(0)
+        assert torch.equal(a, b)
+        stored = store.gist_vectors([repo.gist_key[n] for n in nodes[:5]], MODEL.dim,
+                                    blocks=True)
+        for n in nodes[:5]:
+            if repo.gist_key[n] in stored:
+                assert np.array_equal(a[n].numpy(), stored[repo.gist_key[n]])
+
+
+def test_integrity_finds_a_damaged_index(code_repo: Path) -> None:
+    index(code_repo)
+    with Store.open(db_path(code_repo), read_only=True) as store:
+        assert store.integrity() == []
+    with Store.open(db_path(code_repo)) as store:
+        store.con.execute("DELETE FROM tokens WHERE file_id = (SELECT min(file_id) FROM tokens)")
+        store.con.execute("DELETE FROM block_gists WHERE gist_key = "
+                          "(SELECT min(gist_key) FROM block_gists)")
+        problems = store.integrity()
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("indexed files without their tokens")
+    assert problems[1].startswith("nodes without a gist")
