@@ -79,8 +79,11 @@ def test_error_model_not_found(code_repo: Path, tmp_path: Path) -> None:
 
 def test_error_locked(code_repo: Path) -> None:
     assert run("index", str(code_repo)).exit_code == 0
-    with lock_held(db_path(code_repo)):
-        one_line_error(run("index", str(code_repo)), "in use by another mcagent process")
+    with lock_held(db_path(code_repo)):  # held longer than we wait for it
+        one_line_error(run("index", str(code_repo), "--wait", "0.5"),
+                       "in use by another mcagent process")
+        one_line_error(run("status", str(code_repo), "--wait", "0"),
+                       "in use by another mcagent process")
 
 
 def test_error_bad_config(code_repo: Path) -> None:
