@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 PREFIX, HORIZON = 128, 64
-HELPS = 0.02
 
 
 def main() -> None:
@@ -113,14 +112,6 @@ def main() -> None:
     write(rows, curves, args, manifest, machine(), time.perf_counter() - started)
 
 
-def recovery(r: dict[str, list[float]], method: str) -> tuple[float, float, int]:
-    raw, drop, got = (np.asarray(r[k]) for k in ("raw", "drop", method))
-    helps = drop > raw + HELPS
-    per = (drop[helps] - got[helps]) / (drop[helps] - raw[helps])
-    of_means = (drop.mean() - got.mean()) / (drop.mean() - raw.mean())
-    return float(np.median(per)) if len(per) else float("nan"), float(of_means), int(helps.sum())
-
-
 def write(rows: dict, curves: dict, args: argparse.Namespace, manifest: dict,
           machine_text: str, seconds: float) -> None:
     lines = [
@@ -139,6 +130,8 @@ def write(rows: dict, curves: dict, args: argparse.Namespace, manifest: dict,
         "| recovery GistNet: median / of means | **recovery free vector: median** / of means |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    from benchmarks.gist_quality import recovery
+
     for level, r in sorted(rows.items()):
         gn, fv = recovery(r, "gistnet"), recovery(r, "free")
         lines.append(
