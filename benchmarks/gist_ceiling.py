@@ -63,6 +63,7 @@ def main() -> None:
     if weights is None:
         sys.exit(f"no GistNet weights for {model.id}")
     net, manifest = load_gistnet(weights, model.device)
+    manifest = {**manifest, "gain": f"{float(net.log_gain.exp()):.2f}"}
     lib = Path(sysconfig.get_paths()["stdlib"])
     site = Path(sysconfig.get_paths()["purelib"])
     datasets = {
@@ -105,9 +106,12 @@ def main() -> None:
             out["drop"] += ref.nll_drop.tolist()
             out["gistnet"] += start.nll_gist.tolist()
             out["free"] += end.nll_gist.tolist()
+            norms = free.detach().norm(dim=-1) / model.token_norm
+            out.setdefault("norm", []).extend(norms.tolist())
             print(f"dataset {d} level {level}: {len(picked)} examples, NLL raw "
                   f"{ref.nll_raw.mean():.3f} drop {ref.nll_drop.mean():.3f} GistNet "
                   f"{start.nll_gist.mean():.3f} free vector {end.nll_gist.mean():.3f} "
+                  f"(norm {norms.mean():.2f}× a token's) "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
     write(rows, curves, args, manifest, machine(), time.perf_counter() - started)
 
@@ -138,6 +142,11 @@ def write(rows: dict, curves: dict, args: argparse.Namespace, manifest: dict,
             f"| {level} | {len(r['raw'])} ({fv[2]}) | {np.mean(r['raw']):.3f} "
             f"| {np.mean(r['drop']):.3f} | {np.mean(r['gistnet']):.3f} | {np.mean(r['free']):.3f}"
             f" | {gn[0]:.2f} / {gn[1]:.2f} | **{fv[0]:.2f}** / {fv[1]:.2f} |")
+    lines += ["", "Norm of the fitted free vectors, in token-embedding norms (GistNet's output "
+              f"is {manifest.get('gain', 'a learned gain')}× by construction): "
+              + ", ".join(f"level {lv} median {np.median(r['norm']):.2f} "
+                          f"(range {min(r['norm']):.2f}–{max(r['norm']):.2f})"
+                          for lv, r in sorted(rows.items()))]
     lines += ["", "Mean NLL of the free vector during optimisation (per level, every 10 steps): "]
     for level, cs in sorted(curves.items()):
         mean = np.mean(np.stack(cs), axis=0)

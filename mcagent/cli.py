@@ -18,14 +18,16 @@ import prompts
 from ingest.errors import IngestError
 from ingest.watch import Batch
 from mcagent import render
+from mcagent.agent import Agent, AgentConfig, AgentError, SessionLog, ask_session, model_policy
 from mcagent.config import ConfigError, Settings, load_settings
+from mcagent.tools import Workspace
 from megacontext.adapter import BaseModel, load_base_model
 from megacontext.ask import AskConfig, AskSession
 from megacontext.errors import MegaContextError
 from megacontext.gist import GistModel
 from megacontext.gistnet import default_gist_model
 from megacontext.indexer import index_repository, pending_changes
-from megacontext.store import Store, db_path
+from megacontext.store import SessionStore, Store, db_path, sessions_path
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="A coding agent whose memory of a repository is a MegaContext.")
@@ -105,49 +107,101 @@ def status(
 
 @app.command()
 def ask(
-    question: Annotated[str, typer.Argument(help="What to ask about the repository.")],
+    question: Annotated[str | None, typer.Argument(
+        help="What to ask about the repository (with --continue: a follow-up).")] = None,
     repo: Annotated[Path, typer.Option("--repo", "-C", help="Repository root.")] = Path("."),
     budget: Annotated[int | None, typer.Option(
         help="Positions the model sees (default 2048 on CPU, 8192 on GPU).")] = None,
     model: ModelOpt = None,
     focus: Annotated[str, typer.Option(help="Focus scorer: bm25.")] = "bm25",
-    max_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
+    max_steps: Annotated[int, typer.Option(
+        "--max-steps", min=1, help="Most actions before the session must answer.")] = 6,
+    resume: Annotated[bool, typer.Option(
+        "--continue", help="Continue the last session (the question is then a follow-up).")
+    ] = False,
     show_focus: Annotated[bool, typer.Option(
-        "--show-focus", help="Show every file with the level it is held at.")] = False,
+        "--show-focus", help="Show the files held at full resolution at the last step.")
+    ] = False,
     wait: WaitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Answer a question over the whole repository, citing what it focused on."""
-    if not question.strip():
+    """Answer a question over the whole repository: search, read and answer, citing spans."""
+    if question is not None and not question.strip():
         raise typer.BadParameter("the question is empty", param_hint="QUESTION")
+    if question is None and not resume:
+        raise typer.BadParameter("give a question (or --continue the last session)",
+                                 param_hint="QUESTION")
     if focus != "bm25":
         raise typer.BadParameter(f"unknown scorer {focus!r}; available: bm25", param_hint="--focus")
     with _user_errors():
         settings = _settings(repo, model=model, lock_wait=wait)
         base = _load_model(settings)
+        gist_model = default_gist_model(base)
         with _progress() as progress:
-            index_repository(settings.root, base, default_gist_model(base),
-                             settings.index, progress)
-        config = AskConfig(budget=budget or (2048 if base.device.type == "cpu" else 8192),
-                           max_new_tokens=max_tokens)
+            index_repository(settings.root, base, gist_model, settings.index, progress)
+        budget = budget or (2048 if base.device.type == "cpu" else 8192)
+        config = AgentConfig(max_steps=max_steps, ask=AskConfig(budget=budget))
         store = Store.open(db_path(settings.root), read_only=True,
                            wait=settings.index.lock_wait, on_wait=_waiting)
         try:
-            session = AskSession(store, base, settings.root.name, config)
+            with err.status("Loading the index…"):
+                session = AskSession(store, base, settings.root.name, config.ask)
             if session.gists.preloaded:  # all in memory: let a watcher write while we think
                 store.close()
-            stream = None if as_json else _stream_to(out)
-            result = session.ask(question, prompts.render("ask_system",
-                                                          repository=settings.root.name),
-                                 stream)
+            agent = Agent(session, Workspace(settings.root, session.repo), gist_model,
+                          prompts.render("agent_system", repository=settings.root.name),
+                          config)
+            log = SessionLog(settings.root, settings.index.lock_wait)
+            on_step = None if as_json else (lambda step: render.agent_step(out, step))
+            result = ask_session(
+                agent, log, question.strip() if question else None,
+                model_policy(config.action_tokens),
+                {"budget": budget, "focus": focus, "max_steps": max_steps, "model": base.id,
+                 "gist_model": getattr(gist_model, "id", "?")},
+                resume=resume, on_step=on_step)
         finally:
             store.close()
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     if as_json:
-        print(json.dumps(render.ask_json(result), indent=2))
+        print(json.dumps(render.agent_json(result), indent=2))
         return
-    render.ask_report(out, result, show_focus)
+    render.agent_report(out, result, show_focus)
+
+
+@app.command()
+def show(
+    session: Annotated[int | None, typer.Argument(
+        help="Session number (default: the last one).")] = None,
+    repo: Annotated[Path, typer.Option("--repo", "-C", help="Repository root.")] = Path("."),
+    list_all: Annotated[bool, typer.Option("--list", help="List the recent sessions.")] = False,
+    wait: WaitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay an agent session step by step, with its focus at each step."""
+    with _user_errors():
+        settings = _settings(repo, lock_wait=wait)
+        if not sessions_path(settings.root).is_file():
+            raise AgentError(f"no sessions in {settings.root}: run `mcagent ask` first")
+        with SessionStore.open_log(settings.root, settings.index.lock_wait) as log:
+            if list_all:
+                rows = log.sessions()
+            else:
+                number = session if session is not None else log.last_session()
+                info = log.session(number) if number is not None else None
+                if info is None:
+                    raise AgentError(f"no session {number}: `mcagent show --list` lists them")
+                turns = log.turns(int(number))
+    if list_all:
+        if as_json:
+            print(json.dumps([{**r, "started_at": str(r["started_at"])} for r in rows], indent=2))
+        else:
+            render.sessions_table(out, rows)
+        return
+    if as_json:
+        print(json.dumps(render.session_json(info, turns), indent=2))
+        return
+    render.show_session(out, info, turns)
 
 
 @app.command()
@@ -287,14 +341,6 @@ def main() -> None:
     app()
 
 
-def _stream_to(console: Console) -> Callable[[str], None]:
-    def write(text: str) -> None:
-        console.file.write(text)
-        console.file.flush()
-
-    return write
-
-
 def _settings(path: Path, **flags: object) -> Settings:
     if not path.is_dir():
         raise ConfigError(f"{path} is not a directory: pass the repository's root folder")
@@ -319,7 +365,7 @@ def _user_errors() -> Iterator[None]:
     """Expected failures become one line on stderr and exit code 1; Ctrl-C exits 130."""
     try:
         yield
-    except (IngestError, MegaContextError, ConfigError) as e:
+    except (IngestError, MegaContextError, ConfigError, AgentError) as e:
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:

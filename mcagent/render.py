@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from megacontext.ask import AskResult
+from mcagent.agent import SessionResult, Step
 from megacontext.indexer import Changes, IndexReport
 
 
@@ -96,44 +98,138 @@ def _summary_tables(console: Console, files: int, tokens: int, by_language: dict
                                                                int(x[0]))))
 
 
-def ask_json(result: AskResult) -> dict[str, object]:
+def agent_step(console: Console, step: Step) -> None:
+    """One line per step as the session runs."""
+    r = step.record
+    a = step.action
+    if a is None:
+        what = f"[red]invalid[/] {escape((step.observation or '')[:120])}"
+    elif a["tool"] == "search":
+        what = f"search {escape(repr(a['query']))} → {_first_line(step.observation)}"
+    elif a["tool"] == "read":
+        what = f"read {escape(a['path'])}:{a['start']}-{a['end']}"
+    elif a["tool"] == "list":
+        what = f"list {escape(a['dir'] or '.')}"
+    else:
+        what = "answer"
+    t, tel = r.get("timings", {}), r.get("telemetry", {})
+    seconds = sum(v for v in t.values() if isinstance(v, float))
+    console.print(f"[bold]{r.get('step', '?'):>3}[/] {what}  [dim]({seconds:.1f} s; "
+                  f"{_levels(tel.get('entries', {}))}; swap {tel.get('swap_rate', 0):.0%})[/]",
+                  highlight=False)
+
+
+def agent_report(console: Console, result: SessionResult, show_focus: bool) -> None:
+    console.print()
+    if result.answer is None:
+        console.print(f"[yellow]No answer[/] ({result.status}).")
+    else:
+        console.print(result.answer, highlight=False, markup=False)
+        console.print()
+        console.print("[bold]Citations[/] (checked against the index):")
+        for c in result.citations:
+            console.print(f"  {c}", highlight=False)
+        if not result.citations:
+            console.print("  [dim](none)[/]")
+    for note in result.dropped:
+        console.print(f"[yellow]dropped citation:[/] {escape(note)}", highlight=False)
+    actions = [s for s in result.steps if s.kind == "action"]
+    if show_focus and actions:
+        console.print(_files_tree(actions[-1].record.get("files", {})))
+    console.print(f"[dim]session {result.session_id}: {len(actions)} steps, {result.status}; "
+                  f"`mcagent show {result.session_id}` replays it[/]", highlight=False)
+
+
+def agent_json(result: SessionResult) -> dict[str, object]:
     return {
-        "answer": result.answer,
-        "citations": [{"path": s.path, "start": s.line_start, "end": s.line_end,
-                       "symbol": s.symbol} for s in result.focus],
-        "focus": {path: {("raw" if lv == 0 else f"L{lv}"): n for lv, n in levels.items()}
-                  for path, levels in result.levels_by_file.items()},
-        "tokens": result.tokens,
-        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        "session": result.session_id, "status": result.status, "answer": result.answer,
+        "citations": [{"path": c.path, "start": c.start, "end": c.end}
+                      for c in result.citations],
+        "dropped_citations": result.dropped,
         "warnings": result.warnings,
+        "transcript": [_turn_json(s.kind, s.text, s.observation, s.action, s.record)
+                       for s in result.steps],
     }
 
 
-def ask_report(console: Console, result: AskResult, show_focus: bool) -> None:
-    """After the streamed answer: the spans held at full resolution, then the numbers."""
-    console.print()
-    console.print("[bold]Focus[/] (held at full resolution):")
-    for span in result.focus[:40] or []:
-        console.print(f"  {span}  [dim]{span.symbol}[/]", highlight=False)
-    if not result.focus:
-        console.print("  [dim](nothing: every part of the repository is held as gists)[/]")
-    t, tk = result.timings, result.tokens
-    console.print(
-        f"[dim]{tk['context']:,} positions of {tk['budget']:,} for "
-        f"{tk['repository_tokens']:,} repository tokens ({tk['raw_tokens']:,} raw tokens, "
-        f"{tk['gists']:,} gists); score {t['score'] * 1000:.0f} ms, allocate "
-        f"{t['allocate'] * 1000:.0f} ms, assemble {t['assemble'] * 1000:.0f} ms, prefill "
-        f"{t['prefill']:.1f} s, decode {t['decode_tokens_per_s']:.1f} tokens/s[/]")
-    if show_focus:
-        console.print(_focus_tree(result))
+def session_json(info: dict, turns: list[dict]) -> dict[str, object]:
+    answer = json.loads(info["answer"]) if info.get("answer") else None
+    return {
+        "session": info["session_id"], "question": info["question"], "status": info["status"],
+        "started_at": str(info["started_at"]), "settings": json.loads(info["settings"]),
+        "answer": answer,
+        "transcript": [_turn_json(t["kind"], t["text"], t["observation"],
+                                  json.loads(t["record"]).get("action"), json.loads(t["record"]))
+                       for t in turns],
+    }
 
 
-def _focus_tree(result: AskResult) -> Tree:
-    root = Tree("[bold]repository[/] (level each file is held at; raw = full text)")
-    for path, levels in result.levels_by_file.items():
-        shown = ", ".join(("raw" if lv == 0 else f"L{lv}") + (f"×{n}" if n > 1 else "")
-                          for lv, n in sorted(levels.items()))
-        root.add(f"{path}  [dim]{shown}[/]")
+def show_session(console: Console, info: dict, turns: list[dict]) -> None:
+    """A session replayed turn by turn, with the focus of each step."""
+    started = f"{info['started_at']:%Y-%m-%d %H:%M}"
+    console.print(f"[bold]Session {info['session_id']}[/] [dim]({started}, {info['status']})[/]",
+                  highlight=False)
+    for t in turns:
+        record = json.loads(t["record"])
+        if t["kind"] == "question":
+            console.print(f"\n[bold cyan]{escape(t['text'].strip())}[/]", highlight=False)
+            continue
+        action = record.get("action")
+        tel = record.get("telemetry", {})
+        console.print(f"\n[bold]step {record.get('step')}[/] "
+                      + (escape(json.dumps(action)) if action else "[red]invalid action[/]"),
+                      highlight=False)
+        tail = tel.get("tail", {})
+        console.print(
+            f"  [dim]focus: {_levels(tel.get('entries', {}))}; expands {tel.get('expands', 0)}, "
+            f"collapses {tel.get('collapses', 0)}, swap {tel.get('swap_rate', 0):.0%}, "
+            f"residency {tel.get('residency', 0):.1f} steps; tail {tail.get('raw_turns', 0)} raw "
+            f"+ {tail.get('gisted_turns', 0)} gisted turns[/]", highlight=False)
+        for path, levels in list(record.get("files", {}).items())[:6]:
+            console.print(f"    [green]{escape(path)}[/] [dim]{_levels(levels)}[/]",
+                          highlight=False)
+        body = (t["observation"] or "").splitlines()
+        for line in body[:8]:
+            console.print(f"  │ {line}", highlight=False, markup=False)
+        if len(body) > 8:
+            console.print(f"  │ … {len(body) - 8} more lines", highlight=False, markup=False)
+    if info.get("answer"):
+        answer = json.loads(info["answer"])
+        console.print(f"\n[bold]Answer[/]\n{escape(answer['text'] or '')}", highlight=False)
+        for c in answer["citations"]:
+            console.print(f"  {c}", highlight=False)
+
+
+def sessions_table(console: Console, rows: list[dict]) -> None:
+    table = Table("session", "started", "steps", "status", "question", box=None)
+    for r in rows:
+        table.add_row(str(r["session_id"]), f"{r['started_at']:%Y-%m-%d %H:%M}", str(r["steps"]),
+                      r["status"], escape(str(r["question"])[:70]))
+    console.print(table)
+
+
+def _turn_json(kind: str, text: str, observation: str | None, action: dict | None,
+               record: dict) -> dict[str, object]:
+    if kind == "question":
+        return {"kind": kind, "text": text.strip()}
+    return {"kind": kind, "step": record.get("step"), "action": action,
+            "valid": action is not None, "observation": observation,
+            **{k: record.get(k) for k in ("telemetry", "tokens", "focus", "files")},
+            "timings": {k: round(v, 4) for k, v in record.get("timings", {}).items()}}
+
+
+def _levels(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n:,} {k}" for k, n in counts.items())
+
+
+def _first_line(text: str | None) -> str:
+    return escape((text or "").split("\n", 1)[0][:80])
+
+
+def _files_tree(files: dict[str, dict[str, int]]) -> Tree:
+    root = Tree("[bold]focus[/] (files held at full resolution, with their other levels)")
+    for path, levels in files.items():
+        root.add(f"{escape(path)}  [dim]{_levels(levels)}[/]")
     return root
 
 

@@ -66,6 +66,7 @@ class BaseModel:
         self._name = name
         self._lm = None
         self._chat = None
+        self._grammars: tuple | None = None  # (compiler, vocab size, compiled by schema)
         norms = embeddings.norm(dim=1)
         self.token_norm = float(norms.median())  # typical length of a real token embedding
 
@@ -133,16 +134,24 @@ class BaseModel:
                                position_ids=positions, past_key_values=cache, use_cache=True)
         return out.logits, out.past_key_values
 
-    def decode(self, logits: torch.Tensor, cache: object, position: int, max_new_tokens: int
-               ) -> Iterator[int]:
+    def decode(self, logits: torch.Tensor, cache: object, position: int, max_new_tokens: int,
+               constraint: JsonConstraint | None = None) -> Iterator[int]:
         """Greedy tokens after a forward pass's (1, T, V) logits, one at a time, extending the
-        KV cache from `position`; stops at an end-of-turn token."""
+        KV cache from `position`; stops at an end-of-turn token, or under a `constraint` once
+        its document is complete."""
         stop = self.stop_ids()
         for _ in range(max_new_tokens):
-            token = int(logits[0, -1].argmax())
-            if token in stop:
+            row = logits[0, -1]
+            if constraint is not None:
+                row = constraint.mask(row)
+            token = int(row.argmax())
+            if constraint is None and token in stop:
                 return
+            if constraint is not None and not constraint.accept(token):
+                return  # only a complete document allows nothing more
             yield token
+            if constraint is not None and constraint.done:
+                return
             step = self.embed(torch.tensor([token]))[None]
             logits, cache = self.forward(step, position, cache)
             position += 1
@@ -170,6 +179,27 @@ class BaseModel:
                 ids.add(tid)
         return ids
 
+    def json_constraint(self, schema: dict) -> JsonConstraint:
+        """A fresh decoding constraint to documents valid under a JSON schema (xgrammar);
+        compiled grammars are cached per schema."""
+        import xgrammar as xgr
+
+        if self._grammars is None:
+            from transformers import PreTrainedTokenizerFast
+
+            vocab = int(self.causal_lm().config.vocab_size)
+            fast = PreTrainedTokenizerFast(tokenizer_object=self.tokenizer)
+            info = xgr.TokenizerInfo.from_huggingface(fast, vocab_size=vocab,
+                                                      stop_token_ids=sorted(self.stop_ids()))
+            self._grammars = (xgr.GrammarCompiler(info, cache_enabled=True), vocab, {})
+        compiler, vocab, compiled = self._grammars
+        key = json.dumps(schema)  # property order matters: "tool" comes first
+        if key not in compiled:
+            if len(compiled) >= 64:
+                compiled.pop(next(iter(compiled)))
+            compiled[key] = compiler.compile_json_schema(key, any_whitespace=False)
+        return JsonConstraint(compiled[key], vocab)
+
     def chat_ids(self, system: str, user: str, slot: str) -> tuple[list[int], list[int]]:
         """The chat template around a slot in the user turn: (ids before, ids after). The
         caller splices its own embeddings where the slot was."""
@@ -187,6 +217,32 @@ class BaseModel:
         finally:
             self.tokenizer.encode_special_tokens = True
         return ids[0].ids, ids[1].ids
+
+
+class JsonConstraint:
+    """Greedy decoding held to one JSON schema: `mask` keeps only the tokens that extend a
+    valid prefix, `accept` advances past the chosen one, `done` once the document is whole."""
+
+    def __init__(self, compiled: object, vocab: int) -> None:
+        import xgrammar as xgr
+
+        self._xgr = xgr
+        self._matcher = xgr.GrammarMatcher(compiled, terminate_without_stop_token=True)
+        self._bitmask = xgr.allocate_token_bitmask(1, vocab)
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """(V,) logits -> a float32 copy with every disallowed token at −inf."""
+        out = logits.detach().float().cpu().clone()[None]
+        self._matcher.fill_next_token_bitmask(self._bitmask)
+        self._xgr.apply_token_bitmask_inplace(out, self._bitmask)
+        return out[0]
+
+    def accept(self, token: int) -> bool:
+        return bool(self._matcher.accept_token(token))
+
+    @property
+    def done(self) -> bool:
+        return bool(self._matcher.is_terminated())
 
 
 def load_base_model(config: ModelConfig) -> BaseModel:

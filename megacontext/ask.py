@@ -24,6 +24,7 @@ from megacontext.store import Store
 from megacontext.working_context import Entries, WorkingContext
 
 SLOT = "<<<mcagent-repository-context>>>"
+SPARE_ROWS = 4096  # gist memory's room to grow before it must copy
 USER_TEMPLATE = ("Repository {name} ({files} files; parts out of focus are compressed):\n"
                  "{slot}\n\nQuestion: {question}")
 
@@ -223,8 +224,11 @@ class GistMemory:
         if self.preloaded:
             parts.append(store.gists_by_node(dim, blocks=True))
         ids = np.concatenate([p[0] for p in parts])
-        self.matrix = np.concatenate([p[1] for p in parts])
         self.size = len(ids)
+        # Room to spare for what comes later (an agent's transcript gists, fetched blocks):
+        # growing copies the whole table.
+        self.matrix = np.empty((self.size + SPARE_ROWS, dim), np.float16)
+        np.concatenate([p[1] for p in parts], out=self.matrix[: self.size])
         self._place(ids, 0)
 
     def _place(self, node_ids: np.ndarray, first_row: int) -> None:
@@ -255,14 +259,19 @@ class GistMemory:
         if not have:
             return
         new = np.stack([found[self.repo.gist_key[n]] for n in have])
-        if self.size + len(new) > len(self.matrix):  # grow by doubling
-            grown = np.empty((max(2 * len(self.matrix), self.size + len(new)), self.dim),
-                             np.float16)
+        self.row[np.array(have)] = self.add(new)
+
+    def add(self, vectors: np.ndarray) -> np.ndarray:
+        """Append (n, D) gists that no node holds (a transcript's); returns their rows."""
+        n = len(vectors)
+        if self.size + n > len(self.matrix):  # grow by half, at least
+            grown = np.empty((max(len(self.matrix) * 3 // 2, self.size + n + SPARE_ROWS),
+                              self.dim), np.float16)
             grown[: self.size] = self.matrix[: self.size]
             self.matrix = grown
-        self.matrix[self.size : self.size + len(new)] = new
-        self.row[np.array(have)] = self.size + np.arange(len(new))
-        self.size += len(new)
+        self.matrix[self.size : self.size + n] = vectors
+        self.size += n
+        return np.arange(self.size - n, self.size, dtype=np.int64)
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

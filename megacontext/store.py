@@ -107,6 +107,9 @@ def db_path(root: Path) -> Path:
 class Store:
     """An open index database."""
 
+    NOUN = "index"  # what error messages call the file
+    REMEDY = "delete {path.parent} to rebuild it"
+
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
         self.con = con
         self.path = path
@@ -144,14 +147,14 @@ class Store:
         except duckdb.IOException as e:
             if "lock" in str(e).lower():
                 raise StoreLocked(
-                    f"the index {path} is in use by another mcagent process "
+                    f"the {cls.NOUN} {path} is in use by another mcagent process "
                     f"({_lock_holder(str(e))}); wait for it to finish or stop it"
                 ) from None
-            raise StoreCorrupt(f"cannot open the index {path}: {str(e).splitlines()[0]}; "
-                               f"delete {path.parent} to rebuild it") from None
+            raise StoreCorrupt(f"cannot open the {cls.NOUN} {path}: {str(e).splitlines()[0]}; "
+                               f"{cls.REMEDY.format(path=path)}") from None
         except duckdb.Error as e:
-            raise StoreCorrupt(f"cannot open the index {path}: {str(e).splitlines()[0]}; "
-                               f"delete {path.parent} to rebuild it") from None
+            raise StoreCorrupt(f"cannot open the {cls.NOUN} {path}: {str(e).splitlines()[0]}; "
+                               f"{cls.REMEDY.format(path=path)}") from None
         store = cls(con, path)
         store._check_schema(read_only, migrations)
         return store
@@ -161,7 +164,7 @@ class Store:
         if version > len(migrations):
             self.close()
             raise SchemaTooNew(
-                f"the index {self.path} was written by a newer mcagent (schema {version}, "
+                f"the {self.NOUN} {self.path} was written by a newer mcagent (schema {version}, "
                 f"this one knows {len(migrations)}): upgrade mcagent, or delete "
                 f"{self.path.parent} to rebuild the index"
             )
@@ -472,6 +475,89 @@ class Store:
             yield
         finally:
             self.con.unregister(name)
+
+
+# ---------------------------------------------------------------- agent sessions
+
+SESSION_DB = "sessions.duckdb"
+SESSION_MIGRATIONS: list[str] = [
+    # 1: sessions and their turns
+    """
+    CREATE TABLE sessions (
+        session_id INTEGER NOT NULL, started_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL,
+        repository VARCHAR NOT NULL, question VARCHAR NOT NULL, settings VARCHAR NOT NULL,
+        status VARCHAR NOT NULL, answer VARCHAR);
+    CREATE TABLE turns (
+        session_id INTEGER NOT NULL, turn INTEGER NOT NULL, kind VARCHAR NOT NULL,
+        text VARCHAR NOT NULL, observation VARCHAR, record VARCHAR NOT NULL);
+    """,
+]
+
+
+def sessions_path(root: Path) -> Path:
+    return Path(root) / DB_FOLDER / SESSION_DB
+
+
+class SessionStore(Store):
+    """The agent's sessions, in their own file beside the index: a watcher writing the index
+    never blocks a session's log, and rebuilding the index keeps the sessions. Records are
+    JSON text; each is written as it happens, so a killed session keeps its steps."""
+
+    NOUN = "session log"
+    REMEDY = "move {path} away to start a new log"
+
+    @classmethod
+    def open_log(cls, root: Path, wait: float = 0.0) -> SessionStore:
+        return cls.open(sessions_path(root), migrations=SESSION_MIGRATIONS, wait=wait)
+
+    def new_session(self, repository: str, question: str, settings: str) -> int:
+        with self.transaction():
+            (last,) = self.con.execute(
+                "SELECT coalesce(max(session_id), 0) FROM sessions").fetchone()
+            self.con.execute("INSERT INTO sessions VALUES (?, now(), now(), ?, ?, ?, ?, NULL)",
+                             [last + 1, repository, question, settings, "running"])
+        return int(last + 1)
+
+    def add_turn(self, session_id: int, kind: str, text: str, observation: str | None,
+                 record: str) -> int:
+        with self.transaction():
+            (turn,) = self.con.execute("SELECT count(*) FROM turns WHERE session_id = ?",
+                                       [session_id]).fetchone()
+            self.con.execute("INSERT INTO turns VALUES (?, ?, ?, ?, ?, ?)",
+                             [session_id, turn, kind, text, observation, record])
+            self.con.execute("UPDATE sessions SET updated_at = now() WHERE session_id = ?",
+                             [session_id])
+        return int(turn)
+
+    def finish(self, session_id: int, status: str, answer: str | None) -> None:
+        self.con.execute("UPDATE sessions SET status = ?, answer = ?, updated_at = now() "
+                         "WHERE session_id = ?", [status, answer, session_id])
+
+    def last_session(self) -> int | None:
+        row = self.con.execute("SELECT session_id FROM sessions "
+                               "ORDER BY updated_at DESC, session_id DESC LIMIT 1").fetchone()
+        return int(row[0]) if row else None
+
+    def session(self, session_id: int) -> dict[str, object] | None:
+        cur = self.con.execute("SELECT * FROM sessions WHERE session_id = ?", [session_id])
+        names = [d[0] for d in cur.description]
+        row = cur.fetchone()
+        return dict(zip(names, row, strict=True)) if row else None
+
+    def turns(self, session_id: int) -> list[dict[str, object]]:
+        cur = self.con.execute("SELECT turn, kind, text, observation, record FROM turns "
+                               "WHERE session_id = ? ORDER BY turn", [session_id])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def sessions(self, limit: int = 20) -> list[dict[str, object]]:
+        cur = self.con.execute(
+            "SELECT s.session_id, s.started_at, s.question, s.status, "
+            "(SELECT count(*) FROM turns t WHERE t.session_id = s.session_id "
+            " AND t.kind = 'action') AS steps FROM sessions s "
+            "ORDER BY s.session_id DESC LIMIT ?", [limit])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def _fp16_rows(column: pa.ChunkedArray, dim: int) -> np.ndarray:

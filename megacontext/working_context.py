@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from megacontext.adapter import BaseModel
+from megacontext.adapter import BaseModel, JsonConstraint
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,11 @@ class WorkingContext:
         self._after = list(after)
 
     @property
+    def template_length(self) -> int:
+        """Positions outside the entries: the chat template and the text after them."""
+        return len(self._before) + len(self._after)
+
+    @property
     def length(self) -> int:
         """W: positions the model sees."""
         return len(self._before) + self.entries.length + len(self._after)
@@ -138,9 +143,12 @@ class WorkingContext:
         logits = self.prefill()
         yield from self.decode(logits, max_new_tokens)
 
-    def decode(self, logits: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
-        """Stream greedy tokens after `prefill`'s logits; the context is left as it was."""
+    def decode(self, logits: torch.Tensor, max_new_tokens: int,
+               constraint: JsonConstraint | None = None) -> Iterator[int]:
+        """Stream greedy tokens after `prefill`'s logits (held to `constraint` if given); the
+        context is left as it was."""
         try:
-            yield from self.model.decode(logits, self._cache, self.length, max_new_tokens)
+            yield from self.model.decode(logits, self._cache, self.length, max_new_tokens,
+                                         constraint)
         finally:
             self.model.truncate_cache(self._cache, self.length)  # answers are not context

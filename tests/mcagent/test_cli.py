@@ -99,19 +99,45 @@ def test_config_file_sets_max_file_bytes(code_repo: Path) -> None:
 
 
 def test_ask_end_to_end_within_budget(code_repo: Path) -> None:
-    """Indexes first (not indexed yet), focuses, answers; citations exist in the files."""
+    """Indexes first (not indexed yet), then a real two-step session: one tool, then the
+    answer (the last step may only answer); citations exist in the files; `show` replays
+    it and `--continue` goes on with a follow-up."""
     result = run("ask", "What does top_level return?", "--repo", str(code_repo), "--budget",
-                 "384", "--max-tokens", "8", "--json")
+                 "384", "--max-steps", "2", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["tokens"]["context"] <= 384 and data["tokens"]["budget"] == 384
-    assert data["tokens"]["entries"] >= 1
-    assert data["citations"], "something is held at full resolution"
+    assert data["status"] == "answered" and data["session"] == 1
+    actions = [t for t in data["transcript"] if t["kind"] == "action"]
+    assert len(actions) == 2 and actions[0]["valid"] and actions[-1]["action"]["tool"] == "answer"
+    assert data["transcript"][0] == {"kind": "question", "text": "Question: What does "
+                                     "top_level return?"}
+    for t in actions:
+        assert t["tokens"]["context"] <= 384 and t["tokens"]["budget"] == 384
+        assert t["telemetry"]["entries"] and {"score", "allocate", "act"} <= set(t["timings"])
     for c in data["citations"]:
         lines = (code_repo / c["path"]).read_text().splitlines()
         assert 1 <= c["start"] <= c["end"] <= len(lines), c
-    assert any(c["path"] == "pkg/sample.py" for c in data["citations"]), data["citations"]
-    assert set(data["timings"]) >= {"score", "allocate", "assemble", "prefill", "decode"}
+
+    shown = run("show", "--repo", str(code_repo))
+    assert shown.exit_code == 0, shown.output
+    assert "Session 1" in shown.stdout and "step 2" in shown.stdout and "focus:" in shown.stdout
+    replay = json.loads(run("show", "1", "--repo", str(code_repo), "--json").stdout)
+    assert [t["kind"] for t in replay["transcript"]] == ["question", "action", "action"]
+
+    more = run("ask", "--continue", "And main.py?", "--repo", str(code_repo), "--budget", "384",
+               "--max-steps", "1", "--json")
+    assert more.exit_code == 0, more.output
+    data = json.loads(more.stdout)
+    assert data["session"] == 1
+    assert [t["kind"] for t in data["transcript"]] == ["question", "action", "action",
+                                                       "question", "action"]
+    listed = run("show", "--list", "--repo", str(code_repo))
+    assert listed.exit_code == 0 and "top_level" in listed.stdout
+
+
+def test_show_without_sessions_is_one_line(code_repo: Path) -> None:
+    result = run("show", "--repo", str(code_repo))
+    assert result.exit_code == 1 and "run `mcagent ask` first" in result.output
 
 
 def test_ask_rejects_an_empty_question(code_repo: Path) -> None:
@@ -121,9 +147,9 @@ def test_ask_rejects_an_empty_question(code_repo: Path) -> None:
 
 def test_ask_shortens_a_long_question(code_repo: Path) -> None:
     question = "Explain the code. " * 200
-    result = run("ask", question, "--repo", str(code_repo), "--budget", "384", "--max-tokens",
-                 "2", "--json")
+    result = run("ask", question, "--repo", str(code_repo), "--budget", "384", "--max-steps",
+                 "1", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["warnings"] and "kept the first 96" in data["warnings"][0]
-    assert data["tokens"]["context"] <= 384
+    assert all(t["tokens"]["context"] <= 384 for t in data["transcript"] if "tokens" in t)
