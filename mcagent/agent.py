@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcagent.tools import Citation, ToolError, Workspace
+from mcagent.tools import Citation, ToolError, Workspace, names_in
 from megacontext.allocator import Entry
 from megacontext.ask import SLOT, AskConfig, AskSession
 from megacontext.gist import GistModel
@@ -58,6 +58,7 @@ class AgentConfig:
     tail_share: float = 0.4  # of the budget, for the question and the transcript
     observation_tokens: int = 320  # longest observation kept in the transcript
     action_tokens: int = 640  # longest action: room for the longest text the schema allows
+    free_search: bool = False  # False: queries are names from the questions (small models)
     ask: AskConfig = field(default_factory=AskConfig)
 
 
@@ -100,6 +101,7 @@ class Agent:
         self.shown: dict[str, None] = {}  # spans the tools have shown: what may be cited
         self.done: dict[str, int] = {}  # each action run (as JSON) -> its step
         self.blocked: set[str] = set()  # tools left out of the next schema (just repeated)
+        self.names: dict[str, None] = {}  # what the questions name: the search queries offered
         self.focused: list[str] = []  # files held raw in the last focus
         self.steps: list[Step] = []
         self.warnings: list[str] = []
@@ -118,6 +120,7 @@ class Agent:
             ids = ids[:limit]
             text = self.model.tokenizer.decode(ids.tolist())
         self.tail.append(ids, pinned=True)
+        self.names.update(dict.fromkeys(names_in(question)))
         step = Step("question", text)
         self.steps.append(step)
         return step
@@ -197,8 +200,9 @@ class Agent:
         """The JSON schema of the next action, given what the session has seen: `read` names
         a file the tools or the focus showed (lines within it), citations a span the tools
         showed (the latest MAX_CITABLE), `answer` is offered once there is something to
-        cite, and a tool just refused for repeating itself is not offered until another
-        tool has run."""
+        cite, a tool just refused for repeating itself is not offered until another tool has
+        run, and (unless `free_search`) search queries are the names the questions mention:
+        a 135M model writes better queries by choosing than by spelling."""
         readable = list(dict.fromkeys([*self.seen, *self.focused]))[-MAX_READABLE:]
         citable = list(self.shown)[-MAX_CITABLE:]
         cite = {"type": "string", "enum": citable} if citable else {"type": "string"}
@@ -215,8 +219,11 @@ class Agent:
                   for p in readable if lines.get(p, 0) > 0]
                  or [_object("read", path={"type": "string"}, start={"type": "integer"},
                              end={"type": "integer"})])
-        actions = [_object("search", query={"type": "string", "minLength": 1, "maxLength": 80}),
-                   *reads, _object("list", dir={"type": "string", "maxLength": 200})]
+        query = ({"type": "string", "enum": list(self.names)[-MAX_READABLE:]}
+                 if self.names and not self.config.free_search
+                 else {"type": "string", "minLength": 1, "maxLength": 80})
+        actions = [_object("search", query=query), *reads,
+                   _object("list", dir={"type": "string", "maxLength": 200})]
         actions = [a for a in actions if a["properties"]["tool"]["const"] not in self.blocked]
         return {"anyOf": actions + ([answer] if citable else [])}
 
@@ -386,6 +393,7 @@ def restore(agent: Agent, turns: list[dict]) -> None:
     for turn in turns:
         record = json.loads(str(turn["record"]))
         if turn["kind"] == "question":
+            agent.names.update(dict.fromkeys(names_in(str(turn["text"]))))
             agent.tail.unpin()
             agent.tail.append(agent._ids(str(turn["text"])), pinned=True)
             agent.steps.append(Step("question", str(turn["text"]), record=record))

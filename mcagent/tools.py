@@ -201,8 +201,18 @@ class Workspace:
 _STOP = frozenset("""
 a an and are as at be by can do does for from how i in is it its of on or the this that to
 what when where which who why with about into there their they was were will would should
-could code file function class method work works
+could code file function class method work works return returns value do done use used
 """.split())  # noqa: SIM905 (a list of 50 words reads worse)
+
+
+def names_in(text: str) -> list[str]:
+    """The names a question mentions: dotted names first (`shutil.copyfile`), then their
+    last parts and the other name-like words (a qualifier alone is too broad a query)."""
+    dotted = re.findall(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+", text)
+    qualifiers = {p.lower() for d in dotted for p in d.split(".")[:-1]}
+    last = [d.rsplit(".", 1)[1] for d in dotted]
+    words = [w for w in _keywords(text) if w not in qualifiers]
+    return list(dict.fromkeys([*dotted, *(p for p in last if len(p) > 2), *words]))
 
 
 def _keywords(query: str) -> list[str]:

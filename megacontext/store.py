@@ -1,4 +1,5 @@
-"""The MegaContext store: one DuckDB file at `.mcagent/index.duckdb`. All SQL lives here.
+"""The MegaContext store: the index, one DuckDB file at `.mcagent/index.duckdb`, and the
+agent's session log beside it (`SessionStore`, `.mcagent/sessions.duckdb`). All SQL lives here.
 
 Data model
 - `files`: every path the last index run saw, indexed (`status = 'indexed'`) or skipped

@@ -86,6 +86,12 @@ def test_search_read_answer(indexed: Path, real_model: BaseModel) -> None:
     assert "pkg/sample.py:" in search and "top_level" in search
     assert read.startswith("pkg/sample.py:1-12") and "def top_level" in read
     assert "answer" not in kinds(policy.schemas[0])  # nothing shown yet: nothing to cite
+    search_schema = next(o for o in policy.schemas[0]["anyOf"]
+                         if o["properties"]["tool"]["const"] == "search")
+    assert search_schema["properties"]["query"]["enum"] == ["top_level"]  # named in the question
+    reads = {o["properties"]["path"]["const"] for o in policy.schemas[2]["anyOf"]
+             if o["properties"]["tool"]["const"] == "read"}
+    assert "pkg/sample.py" in reads  # a file the tools showed
     assert "answer" in kinds(policy.schemas[2])
     assert max(policy.lengths) <= 768
     # Each step the transcript grew: the tail the model saw has more raw turns.
