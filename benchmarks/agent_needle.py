@@ -84,8 +84,9 @@ def main() -> None:
             hit = any(c.start <= hi and c.end >= lo for c in cited)
             contains = any(c.start <= lo and c.end >= hi for c in cited)
             steps = sum(1 for s in result.steps if s.kind == "action")
-            tools = [s.action["tool"] if s.action else "invalid" for s in result.steps
-                     if s.kind == "action"]
+            tools = [s.action["tool"] if s.action else
+                     f"invalid ({(s.observation or '').split(':')[0].split(' ')[0]})"
+                     for s in result.steps if s.kind == "action"]
             rows.append({"task": task, "hit": hit, "contains": contains, "steps": steps,
                          "seconds": seconds, "status": result.status, "tools": tools,
                          "citations": [str(c) for c in result.citations]})

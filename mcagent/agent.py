@@ -199,10 +199,11 @@ class Agent:
     def schema(self, final: bool) -> dict:
         """The JSON schema of the next action, given what the session has seen: `read` names
         a file the tools or the focus showed (lines within it), citations a span the tools
-        showed (the latest MAX_CITABLE), `answer` is offered once there is something to
-        cite, a tool just refused for repeating itself is not offered until another tool has
-        run, and (unless `free_search`) search queries are the names the questions mention:
-        a 135M model writes better queries by choosing than by spelling."""
+        showed (the latest MAX_CITABLE), `list` a folder that holds indexed files; `answer`
+        is offered once there is something to cite; a tool just refused for repeating itself
+        is not offered until another tool has run; and (unless `free_search`) search queries
+        are the names the questions mention that were not searched yet: a 135M model chooses
+        better than it spells, and repeats itself when it may."""
         readable = list(dict.fromkeys([*self.seen, *self.focused]))[-MAX_READABLE:]
         citable = list(self.shown)[-MAX_CITABLE:]
         cite = {"type": "string", "enum": citable} if citable else {"type": "string"}
@@ -219,11 +220,17 @@ class Agent:
                   for p in readable if lines.get(p, 0) > 0]
                  or [_object("read", path={"type": "string"}, start={"type": "integer"},
                              end={"type": "integer"})])
-        query = ({"type": "string", "enum": list(self.names)[-MAX_READABLE:]}
-                 if self.names and not self.config.free_search
+        done = [json.loads(k) for k in self.done]
+        searched = {a["query"] for a in done if a["tool"] == "search"}
+        listed = {a["dir"] for a in done if a["tool"] == "list"}
+        fresh = [n for n in self.names if n not in searched][-MAX_READABLE:]
+        query = ({"type": "string", "enum": fresh} if fresh and not self.config.free_search
                  else {"type": "string", "minLength": 1, "maxLength": 80})
+        folders = list(dict.fromkeys([".", *(p.rsplit("/", 1)[0] for p in readable if "/" in p),
+                                      *self.workspace.top_folders]))
+        folders = [f for f in folders if f not in listed][:MAX_READABLE]
         actions = [_object("search", query=query), *reads,
-                   _object("list", dir={"type": "string", "maxLength": 200})]
+                   *([_object("list", dir={"type": "string", "enum": folders})] if folders else [])]
         actions = [a for a in actions if a["properties"]["tool"]["const"] not in self.blocked]
         return {"anyOf": actions + ([answer] if citable else [])}
 

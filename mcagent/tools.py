@@ -52,6 +52,7 @@ class Workspace:
         np.maximum.at(last, repo.file_id, repo.line_end.astype(np.int64))
         self.lines_in = {path: int(last[fid]) for path, fid in self.files.items()}
         self.symbols = _definitions(repo)
+        self.top_folders = sorted({p.split("/", 1)[0] for p in self.files if "/" in p})
         self._texts: dict[str, str] = {}
 
     # ------------------------------------------------------------ paths
