@@ -112,7 +112,7 @@ class Agent:
     def add_question(self, question: str, follow_up: bool = False) -> Step:
         self.tail.unpin()
         text = f"\n{'Follow-up question' if follow_up else 'Question'}: {question.strip()}\n"
-        ids = self._ids(text)
+        ids = self.token_ids(text)
         limit = int(self.config.ask.budget * self.config.ask.question_share)
         if len(ids) > limit:
             self.warnings.append(f"the question has {len(ids)} tokens; kept the first {limit} "
@@ -126,10 +126,10 @@ class Agent:
         return step
 
     def add_action(self, step: Step) -> None:
-        self.tail.append(self._ids(step.text))
+        self.tail.append(self.token_ids(step.text))
         self.steps.append(step)
 
-    def _ids(self, text: str) -> np.ndarray:
+    def token_ids(self, text: str) -> np.ndarray:
         return np.asarray(self.model.tokenizer.encode(text, add_special_tokens=False).ids,
                           np.int64)
 
@@ -402,7 +402,7 @@ def restore(agent: Agent, turns: list[dict]) -> None:
         if turn["kind"] == "question":
             agent.names.update(dict.fromkeys(names_in(str(turn["text"]))))
             agent.tail.unpin()
-            agent.tail.append(agent._ids(str(turn["text"])), pinned=True)
+            agent.tail.append(agent.token_ids(str(turn["text"])), pinned=True)
             agent.steps.append(Step("question", str(turn["text"]), record=record))
         else:
             agent.seen.update(dict.fromkeys(record.get("paths", [])))
