@@ -24,9 +24,11 @@ from mcagent.tools import Workspace
 from megacontext.adapter import BaseModel, load_base_model
 from megacontext.ask import AskConfig, AskSession
 from megacontext.errors import MegaContextError
+from megacontext.focus import SCORERS
 from megacontext.gist import GistModel
 from megacontext.gistnet import default_gist_model
 from megacontext.indexer import index_repository, pending_changes
+from megacontext.lensnet import default_focus
 from megacontext.store import SessionStore, Store, db_path, sessions_path
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -89,6 +91,7 @@ def status(
                 "gist_model": meta.get("gist_model", "?"),
                 "gist_model_description": meta.get("gist_model_description",
                                                    _gist_label(meta.get("gist_model", "?"))),
+                "focus": default_focus(meta.get("base_model", "?"))[1],
                 "index": store.summary(),
                 "last_run": store.last_run(),
                 "changes": render.changes_json(pending_changes(settings.root, store,
@@ -113,7 +116,9 @@ def ask(
     budget: Annotated[int | None, typer.Option(
         help="Positions the model sees (default 2048 on CPU, 8192 on GPU).")] = None,
     model: ModelOpt = None,
-    focus: Annotated[str, typer.Option(help="Focus scorer: bm25.")] = "bm25",
+    focus: Annotated[str, typer.Option(
+        help="Focus scorer: lensnet (default where its weights ship), bm25, dense or repomap."
+    )] = "default",
     max_steps: Annotated[int, typer.Option(
         "--max-steps", min=1, help="Most actions before the session must answer.")] = 6,
     resume: Annotated[bool, typer.Option(
@@ -131,8 +136,9 @@ def ask(
     if question is None and not resume:
         raise typer.BadParameter("give a question (or --continue the last session)",
                                  param_hint="QUESTION")
-    if focus != "bm25":
-        raise typer.BadParameter(f"unknown scorer {focus!r}; available: bm25", param_hint="--focus")
+    if focus not in ("default", *SCORERS):
+        raise typer.BadParameter(f"unknown scorer {focus!r}; choose one of {', '.join(SCORERS)}",
+                                 param_hint="--focus")
     with _user_errors():
         settings = _settings(repo, model=model, lock_wait=wait)
         base = _load_model(settings)
@@ -140,7 +146,7 @@ def ask(
         with _progress() as progress:
             index_repository(settings.root, base, gist_model, settings.index, progress)
         budget = budget or (2048 if base.device.type == "cpu" else 8192)
-        config = AgentConfig(max_steps=max_steps, ask=AskConfig(budget=budget))
+        config = AgentConfig(max_steps=max_steps, ask=AskConfig(budget=budget, focus=focus))
         store = Store.open(db_path(settings.root), read_only=True,
                            wait=settings.index.lock_wait, on_wait=_waiting)
         try:
@@ -156,7 +162,8 @@ def ask(
             result = ask_session(
                 agent, log, question.strip() if question else None,
                 model_policy(config.action_tokens),
-                {"budget": budget, "focus": focus, "max_steps": max_steps, "model": base.id,
+                {"budget": budget, "focus": session.focuser.name, "max_steps": max_steps,
+                 "scorer": session.focuser.identity, "model": base.id,
                  "gist_model": getattr(gist_model, "id", "?")},
                 resume=resume, on_step=on_step)
         finally:
@@ -335,6 +342,52 @@ def train_gistnet_command(
         state = train_gistnet(train, base, report,
                               stop_after=hours * 3600 if hours is not None else None)
         out.print(f"GistNet at step {state.step}/{steps}: weights in {out_dir}")
+
+
+@train_app.command("lensnet")
+def train_lensnet_command(
+    out_dir: Annotated[Path, typer.Option(
+        "--out", help="Folder for repositories, labels and checkpoints.")] = Path("lensnet-run"),
+    lib: Annotated[Path | None, typer.Option(
+        help="The interpreter's standard library (Lib/); default: this Python's.")] = None,
+    repos: Annotated[int, typer.Option(min=2, help="Stdlib repositories (2 validate).")] = 14,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 1500,
+    seed: int = 0,
+    export: Annotated[Path | None, typer.Option(
+        help="Also write the weights here (NAME.safetensors and NAME.json).")] = None,
+    model: ModelOpt = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    dtype: Annotated[str, typer.Option(
+        help="The frozen base model's dtype (bfloat16 is fastest on modern CPUs).")] = "bfloat16",
+) -> None:
+    """Train LensNet on counterfactual labels from the standard library (resumable: labels
+    already made are kept)."""
+    import sysconfig
+
+    from megacontext.adapter import ModelConfig
+    from megacontext.train.lensnet import LensTrainConfig, train_lensnet
+
+    with _user_errors():
+        lib_dir = lib if lib is not None else Path(sysconfig.get_paths()["stdlib"])
+        if not (lib_dir / "os.py").is_file():
+            raise ConfigError(f"{lib_dir} is not a Python standard library (no os.py)")
+        settings = _settings(Path("."), model=model)
+        config = ModelConfig(name=settings.model.name, cache_dir=settings.model.cache_dir,
+                             device=device, dtype=dtype)
+        base = _load_model(Settings(settings.root, config, settings.index))
+        train = LensTrainConfig(lib=lib_dir.resolve(), out=out_dir.resolve(), repos=repos,
+                                steps=steps, seed=seed)
+
+        def report(stage: str, done: int, total: int, metrics: dict[str, float]) -> None:
+            if stage == "train" and done % 50 and done != total:
+                return
+            err.print(f"{stage} {done}/{total} " + " ".join(
+                f"{k} {v:.4f}" for k, v in metrics.items()), highlight=False)
+
+        manifest = train_lensnet(train, base, default_gist_model(base), report,
+                                 export.resolve() if export is not None else None)
+        out.print(f"LensNet trained: weights in {out_dir}; held-out recall " + ", ".join(
+            f"{k} {v:.2f}" for k, v in manifest["evaluation"].items() if k.startswith("val")))
 
 
 def main() -> None:

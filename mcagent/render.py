@@ -43,6 +43,7 @@ def status_report(console: Console, status: dict) -> None:
     console.print(f"  base model  {status['base_model']}")
     console.print(f"  gist model  {status['gist_model_description']}  "
                   f"[dim]({status['gist_model']})[/]")
+    console.print(f"  focus       {status['focus']}")
     if status["last_run"]:
         run = status["last_run"]
         console.print(f"  last index  {run['finished_at']} ({run['seconds']:.1f} s)")

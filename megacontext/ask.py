@@ -6,7 +6,6 @@ at the resolution the question's scores ask for, inside a fixed budget of positi
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import time
 from collections.abc import Callable
@@ -15,10 +14,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from megacontext.adapter import BaseModel
-from megacontext.allocator import AllocatorConfig, Entry, cold_start, descend
+from megacontext.adapter import BaseModel, load_sentence_encoder
+from megacontext.allocator import AllocatorConfig, Entry
 from megacontext.bm25 import BM25Config, BM25Scorer
 from megacontext.errors import MegaContextError
+from megacontext.focus import (
+    BlockFocus,
+    DenseScorer,
+    Focus,
+    RepoMapScorer,
+    block_texts,
+    check_scorer,
+)
+from megacontext.lensnet import LensNetFocus, default_lensnet, shipped_lensnet
 from megacontext.repo_tree import RepoTree, load_repo_tree
 from megacontext.store import Store
 from megacontext.working_context import Entries, WorkingContext
@@ -39,6 +47,7 @@ class AskConfig:
     gist_memory_mb: int = 2048  # block gists are all read at load when they fit in this
     allocator: AllocatorConfig = field(default_factory=AllocatorConfig)
     bm25: BM25Config = field(default_factory=BM25Config)
+    focus: str = "default"  # lensnet | bm25 | dense | repomap; default: lensnet if shipped
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class AskSession:
         self.file_tokens = store.all_tokens()
         self.scorer = BM25Scorer(self.repo, self.file_tokens, model.tokenizer, config.bm25)
         self.gists = GistMemory(store, self.repo, model.dim, config.gist_memory_mb)
+        self.focuser = self._focuser(config.focus)
         self.repo.tree.lists()  # the allocator's per-node lists, made once
         model.causal_lm()  # load the network now, so the stage timings below are its own
         # Millions of long-lived objects were just made: collect now, so the collector's
@@ -110,17 +120,23 @@ class AskSession:
         )
 
     def focus(self, question: str, budget: int, timings: dict[str, float]) -> list[Entry]:
-        """Cold start, then best-first descent on the question's node scores."""
-        t = time.perf_counter()
-        scores = self.scorer.node_scores(question)
-        utilities = self.scorer.utilities(scores, np.arange(self.repo.size))
-        timings["score"] = time.perf_counter() - t
-        t = time.perf_counter()
-        tree = self.repo.tree
-        config = dataclasses.replace(self.config.allocator, max_edits=budget)
-        entries = descend(tree, cold_start(tree), utilities, budget, config).entries
-        timings["allocate"] = time.perf_counter() - t
-        return entries
+        """The scorer's entries for the question, within `budget` positions."""
+        return self.focuser.focus(question, budget, timings)
+
+    def _focuser(self, name: str) -> Focus:
+        if name == "default":
+            name = "lensnet" if shipped_lensnet(self.model.id) is not None else "bm25"
+        check_scorer(name)
+        repo, allocator = self.repo, self.config.allocator
+        if name == "bm25":
+            return BlockFocus(name, repo, self.scorer, allocator)
+        if name == "lensnet":
+            return LensNetFocus(self, default_lensnet(self.model))
+        texts = block_texts(repo, self.file_tokens, self.model.tokenizer.decode)
+        if name == "dense":
+            return BlockFocus(name, repo, DenseScorer(repo, texts, load_sentence_encoder()),
+                              allocator)
+        return BlockFocus(name, repo, RepoMapScorer(repo, texts), allocator)
 
     def entries(self, entries: list[Entry]) -> Entries:
         """Where each position's vector comes from: raw blocks' token ids, gists' rows in

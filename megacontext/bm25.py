@@ -23,9 +23,6 @@ from megacontext.repo_tree import RepoTree
 class BM25Config:
     k1: float = 1.2
     b: float = 0.75
-    # utility = score / best score − floor: only entries holding a block that scores at least
-    # this share of the best block expand; the rest stay compressed.
-    floor: float = 0.25
 
 
 class BM25Scorer:
@@ -80,11 +77,6 @@ class BM25Scorer:
         for parents, kids, offsets in self._levels:  # bottom-up: children before parents
             scores[parents] = np.maximum.reduceat(scores[kids], offsets)
         return scores
-
-    def utilities(self, node_scores: np.ndarray, nodes: np.ndarray) -> np.ndarray:
-        """Signed utilities of the given nodes: positive where the question matches."""
-        best = float(node_scores.max()) or 1.0
-        return node_scores[nodes] / best - self.config.floor
 
 
 def _levels(repo: RepoTree) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from megacontext.adapter import BaseModel
-from megacontext.bm25 import BM25Scorer
+from megacontext.bm25 import BM25Scorer, _levels
+from megacontext.focus import FLOOR, block_utilities
 from megacontext.gistnet import default_gist_model
 from megacontext.indexer import index_repository
 from megacontext.repo_tree import load_repo_tree
@@ -31,8 +32,9 @@ def test_best_block_and_propagation(code_repo: Path, real_model: BaseModel) -> N
     parent = repo.tree.parent
     has = parent >= 0
     assert (scores[parent[has]] >= scores[has]).all(), "a node scores at least its children"
-    utilities = scorer.utilities(scores, np.arange(repo.size))
-    assert utilities.max() == pytest.approx(1 - scorer.config.floor)
+    utilities = block_utilities(repo, blocks, _levels(repo), scorer.block_scores("greeting"))
+    assert utilities.max() == pytest.approx(1 - FLOOR), "the best block: 1 − floor"
+    assert (utilities[scorer.node_scores("greeting") == 0] <= 0).all(), "no match: no expand"
     assert (scorer.node_scores("zzzqqq") == 0).all(), "no match, no score"
     internal = np.flatnonzero(np.diff(repo.tree.child_ptr) > 0)
     for p in internal:

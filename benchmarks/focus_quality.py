@@ -1,0 +1,189 @@
+"""Benchmark: does the focus hold the function a question is about at full resolution?
+
+    python benchmarks/focus_quality.py [--packages click rich] [--needles 40] [--nll-tasks 8]
+
+Needle tasks from third-party packages installed here (never trained on): the question is a
+function's docstring summary; the repository is the whole package with the docstrings of
+the picked functions removed (all of them at once, so one index serves every task). For
+budgets 1024, 2048 and 4096 and every scorer (lensnet, bm25, dense, repomap), in one run:
+
+- **gold recall**: the share of tasks whose whole needle function (every block of it) is in
+  the working context as raw tokens;
+- **target NLL**: nats per token of the function's signature and first lines, predicted by
+  the frozen base model after the working context and the question (on the first
+  `--nll-tasks` tasks of each package: each costs a forward pass over the whole budget);
+- **refocus time**: score + allocate, median per task.
+
+Writes benchmarks/results/focus_quality.md and focus_quality.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+SCORERS = ("lensnet", "bm25", "dense", "repomap")
+BUDGETS = (1024, 2048, 4096)
+
+
+def main() -> None:
+    import platformdirs
+
+    from benchmarks.index_speed import machine
+    from megacontext.adapter import ModelConfig, load_base_model
+    from megacontext.ask import AskConfig, AskSession
+    from megacontext.gistnet import default_gist_model
+    from megacontext.indexer import IndexConfig, index_repository
+    from megacontext.store import Store, db_path
+    from megacontext.train.lensnet import gold_blocks
+    from megacontext.train.tasks import mine_needles
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--packages", nargs="+", default=["click", "rich"])
+    ap.add_argument("--needles", type=int, default=40)
+    ap.add_argument("--nll-tasks", type=int, default=8)
+    ap.add_argument("--scorers", nargs="+", default=list(SCORERS))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    model = load_base_model(ModelConfig(cache_dir=Path(platformdirs.user_cache_dir("mcagent")),
+                                        dtype="bfloat16"))
+    gist_model = default_gist_model(model)
+    work = Path(tempfile.mkdtemp(prefix="focus-quality-"))
+    rows: list[dict] = []
+    sizes = {}
+    try:
+        for package in args.packages:
+            source = Path(__import__(package).__file__).parent
+            repo = work / package
+            shutil.copytree(source, repo, ignore=shutil.ignore_patterns("__pycache__"))
+            texts = {p.relative_to(repo).as_posix(): p.read_text() for p in repo.rglob("*.py")}
+            tasks, edited = mine_needles(texts, args.needles, args.seed)
+            for path, text in edited.items():
+                (repo / path).write_text(text)
+            index_repository(repo, model, gist_model, IndexConfig())
+            for scorer in args.scorers:
+                with Store.open(db_path(repo), read_only=True) as store:
+                    t = time.perf_counter()
+                    session = AskSession(store, model, package, AskConfig(focus=scorer))
+                    load = time.perf_counter() - t
+                sizes[package] = (len(session.repo.paths), int(sum(
+                    len(v) for v in session.file_tokens.values())))
+                for n, task in enumerate(tasks):
+                    gold = set(gold_blocks(session, task).tolist())
+                    for budget in BUDGETS:
+                        timings: dict[str, float] = {}
+                        entries = session.focus(task.question, budget, timings)
+                        raw = {e.node for e in entries if e.raw}
+                        row = {"package": package, "scorer": scorer, "budget": budget,
+                               "task": task.name, "recall": bool(gold) and gold <= raw,
+                               "partial": len(gold & raw) / max(len(gold), 1),
+                               "seconds": timings["score"] + timings["allocate"],
+                               "load": load, "nll": None}
+                        if n < args.nll_tasks:
+                            row["nll"] = target_nll(session, entries, task)
+                        rows.append(row)
+                done = [r for r in rows if r["package"] == package and r["scorer"] == scorer]
+                print(f"{package} {scorer}: recall " + ", ".join(
+                    f"{b}: {np.mean([r['recall'] for r in done if r['budget'] == b]):.2f}"
+                    for b in BUDGETS), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write(rows, sizes, args, machine())
+
+
+def target_nll(session: object, entries: list, task: object) -> float:
+    """NLL per token of the task's target after the working context and the question."""
+    model = session.model
+    e = session.entries(entries)
+    vectors = torch.empty(len(e.token_ids), model.dim)
+    tok = torch.from_numpy(e.token_ids)
+    is_tok = tok >= 0
+    vectors[is_tok] = model.embeddings[tok[is_tok]]
+    rows = torch.from_numpy(e.gist_rows[~is_tok.numpy()])
+    vectors[~is_tok] = e.gists[rows].float()
+    prompt = model.encode([task.prompt()])[0].ids.astype(np.int64)
+    target = model.encode([task.target])[0].ids[:40].astype(np.int64)
+    tail = model.embeddings[torch.from_numpy(np.concatenate([prompt, target[:-1]]))]
+    x = torch.cat([vectors, tail])[None]
+    H = len(target)
+    at = (x.shape[1] - H + torch.arange(H))[None]
+    nll = model.target_nll(x, at, torch.from_numpy(target)[None],
+                           torch.ones(1, H, dtype=torch.bool))
+    return float(nll[0])
+
+
+def write(rows: list[dict], sizes: dict, args: argparse.Namespace, machine_text: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scorers = [s for s in SCORERS if any(r["scorer"] == s for r in rows)]
+    tasks = len({(r["package"], r["task"]) for r in rows if r["scorer"] == scorers[0]
+                 and r["budget"] == BUDGETS[0]})
+
+    def pick(scorer: str, budget: int) -> list[dict]:
+        return [r for r in rows if r["scorer"] == scorer and r["budget"] == budget]
+
+    lines = [
+        "# Focus quality: is the needle function held at full resolution?", "",
+        f"Machine: {machine_text}. Produced by `python benchmarks/focus_quality.py --packages "
+        f"{' '.join(args.packages)} --needles {args.needles} --nll-tasks {args.nll_tasks}`.",
+        "Repositories: " + ", ".join(f"`{p}` ({f} files, {t:,} tokens)" for p, (f, t) in
+                                     sizes.items()) + " — third-party, never trained on. "
+        f"{tasks} needle tasks: the question is a function's docstring summary; the picked "
+        "functions' docstrings are removed from the indexed copy.", "",
+        "Gold recall = every block of the needle function is in the working context as raw "
+        "tokens. Partial = the share of its blocks that are. Target NLL = nats/token of the "
+        "function's signature and first lines after the working context and the question "
+        f"(first {args.nll_tasks} tasks per package; lower is better). Refocus = score + "
+        "allocate, median per task.", "",
+        "| scorer | budget | gold recall | partial | target NLL | refocus ms (median) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in scorers:
+        for b in BUDGETS:
+            rs = pick(s, b)
+            nll = [r["nll"] for r in rs if r["nll"] is not None]
+            nll_text = f"{np.mean(nll):.3f}" if nll else "—"
+            lines.append(f"| {s} | {b} | {np.mean([r['recall'] for r in rs]):.1%} | "
+                         f"{np.mean([r['partial'] for r in rs]):.2f} | {nll_text} | "
+                         f"{1000 * np.median([r['seconds'] for r in rs]):.0f} |")
+    best = {b: max((np.mean([r["recall"] for r in pick(s, b)]), s) for s in scorers
+                   if s != "lensnet") for b in BUDGETS}
+    if "lensnet" in scorers:
+        ln = np.mean([r["recall"] for r in pick("lensnet", 2048)])
+        gap = ln - best[2048][0]
+        lines += ["", f"At budget 2048: lensnet {ln:.1%} against the best baseline "
+                  f"({best[2048][1]}) {best[2048][0]:.1%}: {100 * gap:+.1f} points (target: "
+                  f"+5). {'Met.' if gap >= 0.05 else 'Not met.'}"]
+    lines.append("")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "focus_quality.md").write_text("\n".join(lines))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in scorers:
+        ax.plot(BUDGETS, [np.mean([r["recall"] for r in pick(s, b)]) for b in BUDGETS],
+                marker="o", label=s)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(BUDGETS, [str(b) for b in BUDGETS])
+    ax.set_xlabel("budget (positions)")
+    ax.set_ylabel("gold recall")
+    ax.set_title(f"Needle function fully raw ({tasks} tasks, {', '.join(sizes)})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "focus_quality.png", dpi=120)
+    print((RESULTS / "focus_quality.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""Focus scorers: what decides which parts of the repository are held at full resolution.
+
+`--focus` picks one:
+
+- `lensnet` (the default once its weights ship): the learned scorer, `megacontext.lensnet`;
+  it rates the working context's own entries and refocuses in rounds (`allocate`).
+- `bm25`: lexical match of the question against every block (`megacontext.bm25`).
+- `dense`: cosine similarity of all-MiniLM-L6-v2 sentence embeddings of the question and
+  of every block (the retrieval baseline; blocks are embedded once per session).
+- `repomap`: the approach Aider uses. Definitions (the symbols the chunker cuts) are ranked
+  by PageRank over the graph of which definition refers to which name, personalised
+  towards the definitions whose names the question mentions.
+
+The three retrieval scorers rate every block. A function is read whole, so a block is worth
+the best score of its definition (the run of blocks the chunker cut for one symbol), a node
+is worth its best block, and the allocator descends best-first (`descend`) while a better
+than median node fits the budget. One conversion turns their scores into signed utilities,
+so they differ only in what they see: utility = (s − median) / (best − median) − floor,
+with the median and best over blocks.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from megacontext.allocator import AllocatorConfig, Entry, cold_start, descend
+from megacontext.bm25 import _levels
+from megacontext.errors import MegaContextError
+from megacontext.repo_tree import RepoTree
+
+SCORERS = ("lensnet", "bm25", "dense", "repomap")
+FLOOR = 0.0  # blocks below this share of the best score (above the median) stay compressed
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class Focus(Protocol):
+    """Chooses the entries of a working context for a text (question and recent turns)."""
+
+    name: str
+    identity: str  # the scorer's version (a learned scorer's weights)
+
+    def focus(self, text: str, budget: int, timings: dict[str, float]) -> list[Entry]: ...
+
+
+class BlockScorer(Protocol):
+    def block_scores(self, text: str) -> np.ndarray: ...
+
+
+class BlockFocus:
+    """A retrieval scorer rating every block, turned into node utilities and a best-first
+    descent from the root."""
+
+    def __init__(self, name: str, repo: RepoTree, scorer: BlockScorer,
+                 allocator: AllocatorConfig) -> None:
+        self.name, self.repo, self.scorer, self.allocator = name, repo, scorer, allocator
+        self.identity = name
+        self._levels = _levels(repo)
+        self._blocks = repo.blocks()
+        self.units = Units(repo)
+
+    def utilities(self, text: str) -> np.ndarray:
+        """(N,) signed utility of every node for the text."""
+        return block_utilities(self.repo, self._blocks, self._levels,
+                               self.units.pool(self.scorer.block_scores(text)))
+
+    def focus(self, text: str, budget: int, timings: dict[str, float]) -> list[Entry]:
+        t = time.perf_counter()
+        utilities = self.utilities(text)
+        timings["score"] = time.perf_counter() - t
+        t = time.perf_counter()
+        tree = self.repo.tree
+        config = AllocatorConfig(**{**self.allocator.__dict__, "max_edits": budget})
+        entries = descend(tree, cold_start(tree), utilities, budget, config).entries
+        timings["allocate"] = time.perf_counter() - t
+        return entries
+
+
+class Units:
+    """Definitions as runs of blocks: consecutive blocks of one file with one symbol."""
+
+    def __init__(self, repo: RepoTree) -> None:
+        blocks = repo.blocks()
+        symbol = np.array([repo.symbol[n] for n in blocks.tolist()], dtype=object)
+        fid = repo.file_id[blocks]
+        new = np.ones(len(blocks), bool)
+        new[1:] = (fid[1:] != fid[:-1]) | (symbol[1:] != symbol[:-1])
+        self.starts = np.flatnonzero(new)
+        self.of_block = np.cumsum(new) - 1  # unit of each block (repo.blocks() order)
+        self.of_node = np.full(repo.size, -1, np.int64)
+        self.of_node[blocks] = self.of_block
+        # Each unit's name words (of its symbol's last part), as CSR over a vocabulary.
+        self.vocabulary: dict[str, int] = {}
+        ids, counts = [], []
+        for name in symbol[self.starts].tolist():
+            w = {self.vocabulary.setdefault(x, len(self.vocabulary))
+                 for x in words(name.rsplit(".", 1)[-1])}
+            ids.extend(sorted(w))
+            counts.append(len(w))
+        self.word_ids = np.array(ids, np.int64)
+        self.word_counts = np.array(counts, np.int64)
+
+    def name_match(self, text: str) -> np.ndarray:
+        """(n_blocks,) the share of its definition's name words the text says."""
+        said = [self.vocabulary[w] for w in set(words(text)) if w in self.vocabulary]
+        hit = np.isin(self.word_ids, said).astype(np.float64)
+        ptr = np.concatenate(([0], np.cumsum(self.word_counts)))
+        total = np.add.reduceat(hit, ptr[:-1]) if len(hit) else np.zeros(len(self.starts))
+        total = np.where(self.word_counts > 0, total, 0.0)  # reduceat of an empty run
+        return (total / np.maximum(self.word_counts, 1))[self.of_block]
+
+    def pool(self, block_scores: np.ndarray) -> np.ndarray:
+        """Every block gets its unit's best score."""
+        if not len(block_scores):
+            return block_scores
+        return np.maximum.reduceat(block_scores, self.starts)[self.of_block]
+
+    def pool_entries(self, nodes: np.ndarray, utilities: np.ndarray) -> np.ndarray:
+        """Entries that are blocks (raw or gist) of one definition get their best utility."""
+        unit = self.of_node[nodes]
+        is_block = unit >= 0
+        if not is_block.any():
+            return utilities
+        best = np.full(len(self.starts), -np.inf)
+        np.maximum.at(best, unit[is_block], utilities[is_block])
+        out = utilities.copy()
+        out[is_block] = best[unit[is_block]]
+        return out
+
+
+def node_scores(repo: RepoTree, blocks: np.ndarray, levels: list, block_scores: np.ndarray
+                ) -> np.ndarray:
+    """(N,) the best block score under each node."""
+    scores = np.full(repo.size, float(block_scores.min()) if len(block_scores) else 0.0)
+    scores[blocks] = block_scores
+    for parents, kids, offsets in levels:  # bottom-up: children before parents
+        scores[parents] = np.maximum.reduceat(scores[kids], offsets)
+    return scores
+
+
+def block_utilities(repo: RepoTree, blocks: np.ndarray, levels: list,
+                    block_scores: np.ndarray, floor: float = FLOOR) -> np.ndarray:
+    """Node utilities from block scores: (s − median) / (best − median) − floor."""
+    scores = node_scores(repo, blocks, levels, block_scores)
+    if not len(block_scores):
+        return scores
+    median, best = float(np.median(block_scores)), float(block_scores.max())
+    return (scores - median) / (best - median if best > median else 1.0) - floor
+
+
+# ---------------------------------------------------------------- dense
+
+
+class DenseScorer:
+    """Cosine similarity of sentence embeddings (all-MiniLM-L6-v2): every block's text is
+    embedded once, when the scorer is made."""
+
+    def __init__(self, repo: RepoTree, texts: list[str],
+                 encode: Callable[[list[str]], np.ndarray]) -> None:
+        self.encode = encode
+        self.vectors = encode(texts) if texts else np.zeros((0, 1), np.float32)
+
+    def block_scores(self, text: str) -> np.ndarray:
+        q = self.encode([text])[0]
+        return self.vectors @ q
+
+
+# ---------------------------------------------------------------- repomap
+
+
+class RepoMapScorer:
+    """PageRank over definitions, as Aider ranks its repository map.
+
+    A definition is a symbol the chunker cut (module.Class.method); an edge runs from a
+    definition to each definition whose name it mentions (weight √count; names defined more
+    than five times are too generic to count, as `self` or `get` would be). The
+    personalisation favours definitions whose name's words appear in the question (a
+    name's words: its snake_case and CamelCase parts). A block scores its definition's rank.
+    """
+
+    def __init__(self, repo: RepoTree, texts: list[str], damping: float = 0.85,
+                 iterations: int = 40) -> None:
+        blocks = repo.blocks()
+        self.damping, self.iterations = damping, iterations
+        symbols = [repo.symbol[n] for n in blocks.tolist()]
+        names = sorted(set(symbols))
+        index = {s: i for i, s in enumerate(names)}
+        self.block_def = np.array([index[s] for s in symbols], np.int64)
+        last = [s.rsplit(".", 1)[-1] for s in names]
+        self.words = [set(words(n)) for n in last]
+        by_name: dict[str, list[int]] = {}
+        for i, n in enumerate(last):
+            by_name.setdefault(n, []).append(i)
+        src, dst, weight = [], [], []
+        counts: dict[tuple[int, int], int] = {}
+        for b, text in enumerate(texts):
+            d = int(self.block_def[b])
+            for name in IDENTIFIER.findall(text):
+                targets = by_name.get(name)
+                if targets and len(targets) <= 5:
+                    for t in targets:
+                        if t != d:
+                            counts[d, t] = counts.get((d, t), 0) + 1
+        for (a, b), c in counts.items():
+            src.append(a)
+            dst.append(b)
+            weight.append(np.sqrt(c))
+        self.n = len(names)
+        self.src, self.dst = np.array(src, np.int64), np.array(dst, np.int64)
+        w = np.array(weight, np.float64)
+        out = np.bincount(self.src, weights=w, minlength=self.n) if len(w) else np.zeros(self.n)
+        self.w = w / np.where(out[self.src] > 0, out[self.src], 1) if len(w) else w
+        self.dangling = out == 0
+
+    def block_scores(self, text: str) -> np.ndarray:
+        said = set(words(text))
+        p = np.array([1.0 + 10.0 * len(w & said) / len(w) if w else 1.0 for w in self.words])
+        p /= p.sum()
+        rank = p.copy()
+        for _ in range(self.iterations):
+            spread = np.bincount(self.dst, weights=rank[self.src] * self.w, minlength=self.n)
+            rank = self.damping * (spread + rank[self.dangling].sum() * p) + (1 - self.damping) * p
+        return rank[self.block_def]
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words of identifiers and prose: snake_case and CamelCase split."""
+    out = []
+    for ident in IDENTIFIER.findall(text):
+        for part in ident.split("_"):
+            out.extend(w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", part))
+    return [w for w in out if len(w) > 1]
+
+
+def block_texts(repo: RepoTree, file_tokens: dict[int, np.ndarray],
+                decode: Callable[[list[int]], str]) -> list[str]:
+    """The text of every block, in `repo.blocks()` order."""
+    blocks = repo.blocks()
+    return [decode(file_tokens[f][s:e].tolist()) for f, s, e in zip(
+        repo.file_id[blocks].tolist(), repo.tok_start[blocks].tolist(),
+        repo.tok_end[blocks].tolist(), strict=True)]
+
+
+def check_scorer(name: str) -> str:
+    if name not in SCORERS:
+        raise MegaContextError(f"unknown focus scorer {name!r}; choose one of "
+                               f"{', '.join(SCORERS)}")
+    return name

@@ -1,0 +1,295 @@
+"""LensNet (DESIGN.md §3): a learned focus scorer that rates the working context's entries.
+
+Input: the entries (a gist stands for itself; a raw entry for the gist of its block), their
+features (level, kind, token count, position, and two matches with the tail: the best BM25
+score under the entry relative to the best in the repository, and the best share of a
+definition's name words the tail says, under the entry), and the tail (the
+question and recent turns, as the base model's own input embeddings). Two rounds of dual
+cross-attention — the tail reads the entries, then the entries read the enriched tail —
+without masks of order (non-causal), then one signed utility per entry: positive = expand
+it, negative = it may collapse. Entries carry no position but their feature, so permuting
+them permutes the utilities.
+
+Focusing (`LensNetFocus`) starts from the root's gist and alternates LensNet and the Focus
+Allocator (`allocate`): each round rates the entries there are, then expands the positive
+ones best first (collapsing the worst to make room), until an allocation changes nothing.
+A function is read whole: the blocks of one definition present as entries share their best
+utility (as the retrieval scorers' blocks share their definition's best score).
+
+Weights ship like GistNet's: fp16 safetensors plus a JSON manifest (config, base model,
+data, steps, seed, loss curve, commit).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megacontext.adapter import BaseModel
+from megacontext.allocator import AllocatorConfig, Entry, allocate, cold_start
+from megacontext.errors import MegaContextError
+from megacontext.focus import Units, node_scores
+from megacontext.repo_tree import RepoTree
+
+if TYPE_CHECKING:
+    from megacontext.ask import AskSession
+
+WEIGHTS_FOLDER = Path(__file__).parent / "weights"
+KINDS = ("folder", "code", "docs", "other")
+DOC_SUFFIXES = (".md", ".rst", ".txt", ".adoc")
+CODE_SUFFIXES = (".py", ".pyi", ".js", ".jsx", ".ts", ".tsx", ".go", ".rs", ".java", ".c", ".h",
+                 ".cc", ".cpp", ".hpp", ".rb", ".sh")
+N_FEATURES = 6
+MAX_LEVEL = 7  # level embeddings: 0 = raw, 1..7 (higher levels share 7)
+MAX_ROUNDS = 16
+
+
+@dataclass(frozen=True)
+class LensNetConfig:
+    dim: int  # the base model's embedding width (gists and tail tokens)
+    width: int = 192
+    layers: int = 2
+    heads: int = 4
+    ffn: int = 512
+    max_tail: int = 256  # tail tokens read (the latest)
+
+
+class _Cross(nn.Module):
+    """Pre-norm cross-attention (queries read keys/values) + MLP."""
+
+    def __init__(self, c: LensNetConfig) -> None:
+        super().__init__()
+        self.heads = c.heads
+        self.nq, self.nkv = nn.LayerNorm(c.width), nn.LayerNorm(c.width)
+        self.q, self.kv = nn.Linear(c.width, c.width), nn.Linear(c.width, 2 * c.width)
+        self.out = nn.Linear(c.width, c.width)
+        self.n2 = nn.LayerNorm(c.width)
+        self.mlp = nn.Sequential(nn.Linear(c.width, c.ffn), nn.GELU(), nn.Linear(c.ffn, c.width))
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        B, Q, W = x.shape
+        K = ctx.shape[1]
+        q = self.q(self.nq(x)).view(B, Q, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(self.nkv(ctx)).view(B, K, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+        x = x + self.out(a.transpose(1, 2).reshape(B, Q, W))
+        return x + self.mlp(self.n2(x))
+
+
+class LensNet(nn.Module):
+    def __init__(self, config: LensNetConfig, token_norm: float) -> None:
+        super().__init__()
+        c = self.config = config
+        self.token_norm = float(token_norm)
+        self.entry_in = nn.Linear(c.dim, c.width)
+        self.feature_in = nn.Sequential(nn.Linear(N_FEATURES, c.width), nn.GELU(),
+                                        nn.Linear(c.width, c.width))
+        self.level = nn.Embedding(MAX_LEVEL + 1, c.width)
+        self.kind = nn.Embedding(len(KINDS), c.width)
+        self.tail_in = nn.Linear(c.dim, c.width)
+        self.tail_position = nn.Parameter(torch.randn(c.max_tail, c.width) * 0.02)
+        self.tail_reads = nn.ModuleList(_Cross(c) for _ in range(c.layers))
+        self.entries_read = nn.ModuleList(_Cross(c) for _ in range(c.layers))
+        self.head = nn.Sequential(nn.LayerNorm(c.width), nn.Linear(c.width, 1))
+        self.id = "lensnet-untrained"
+
+    def forward(self, gists: torch.Tensor, features: torch.Tensor, level: torch.Tensor,
+                kind: torch.Tensor, entry_mask: torch.Tensor, tail: torch.Tensor,
+                tail_mask: torch.Tensor) -> torch.Tensor:
+        """(B, E, D) gists, (B, E, F) features, (B, E) levels and kinds, (B, E) bool mask,
+        (B, T, D) tail embeddings, (B, T) bool mask -> (B, E) utilities (0 where masked)."""
+        T = tail.shape[1]
+        assert self.config.max_tail >= T, f"{T} tail tokens > {self.config.max_tail}"
+        e = (self.entry_in(gists / self.token_norm) + self.feature_in(features)
+             + self.level(level.clamp(0, MAX_LEVEL)) + self.kind(kind))
+        t = self.tail_in(tail / self.token_norm) + self.tail_position[:T]
+        for tail_reads, entries_read in zip(self.tail_reads, self.entries_read, strict=True):
+            t = tail_reads(t, e, entry_mask)
+            e = entries_read(e, t, tail_mask)
+        return self.head(e).squeeze(-1) * entry_mask
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# ---------------------------------------------------------------- inputs
+
+
+class EntryFeatures:
+    """Per-node facts a session computes once (kind, subtree tokens) and the per-entry
+    input LensNet reads."""
+
+    def __init__(self, repo: RepoTree, levels: list) -> None:
+        self.repo = repo
+        tokens = (repo.tok_end - repo.tok_start).astype(np.float64)
+        subtree = np.where(repo.level == 1, tokens, 0.0)
+        for parents, kids, offsets in levels:  # bottom-up sums
+            subtree[parents] = np.add.reduceat(subtree[kids], offsets)
+        self.log_tokens = np.log1p(subtree) / 10
+        kind_of_file = {fid: _kind(path) for fid, path in repo.paths.items()}
+        self.kind = np.array([kind_of_file.get(int(f), 0) if f else 0
+                              for f in repo.file_id.tolist()], np.int64)
+
+    def arrays(self, entries: list[Entry], lexical: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """nodes, (E, F) features, levels, kinds. `lexical` is (N, 2): the text's matches
+        with every node (`LensNetFocus.lexical`)."""
+        nodes = np.fromiter((e.node for e in entries), np.int64, len(entries))
+        raw = np.fromiter((e.raw for e in entries), bool, len(entries))
+        position = np.arange(len(entries)) / max(len(entries) - 1, 1)
+        lex = lexical[nodes]
+        features = np.stack([raw.astype(np.float64), self.log_tokens[nodes], position,
+                             lex[:, 0], lex[:, 0] ** 2, lex[:, 1]], 1).astype(np.float32)
+        level = np.where(raw, 0, self.repo.level[nodes]).astype(np.int64)
+        return nodes, features, level, self.kind[nodes]
+
+
+def _kind(path: str) -> int:
+    lower = path.lower()
+    if lower.endswith(CODE_SUFFIXES):
+        return KINDS.index("code")
+    if lower.endswith(DOC_SUFFIXES):
+        return KINDS.index("docs")
+    return KINDS.index("other")
+
+
+def relative_lexical(node_scores: np.ndarray) -> np.ndarray:
+    best = float(node_scores.max()) if len(node_scores) else 0.0
+    return node_scores / best if best > 0 else np.zeros_like(node_scores)
+
+
+# ---------------------------------------------------------------- focusing
+
+
+class LensNetFocus:
+    """Refocus in rounds: LensNet rates the entries, the allocator edits them."""
+
+    name = "lensnet"
+
+    def __init__(self, session: AskSession, net: LensNet,
+                 allocator: AllocatorConfig | None = None) -> None:
+        from megacontext.bm25 import _levels
+
+        self.session, self.net = session, net
+        self.identity = net.id
+        self.allocator = allocator or session.config.allocator
+        self.levels = _levels(session.repo)
+        self.features = EntryFeatures(session.repo, self.levels)
+        self.units = Units(session.repo)
+
+    def lexical(self, text: str) -> np.ndarray:
+        """(N, 2) matches of the text with every node: the best BM25 score under it (a
+        block: its definition's best) relative to the best, and the best share of a
+        definition's name words the text says."""
+        repo = self.session.repo
+        blocks = repo.blocks()
+        pooled = self.units.pool(self.session.scorer.block_scores(text))
+        bm25 = relative_lexical(node_scores(repo, blocks, self.levels, pooled))
+        names = node_scores(repo, blocks, self.levels, self.units.name_match(text))
+        return np.stack([bm25, names], 1)
+
+    def tail(self, text: str) -> torch.Tensor:
+        ids = self.session.model.tokenizer.encode(text, add_special_tokens=False).ids
+        ids = ids[-self.net.config.max_tail :] or [0]
+        return self.session.model.embeddings[torch.tensor(ids)]
+
+    def focus(self, text: str, budget: int, timings: dict[str, float]) -> list[Entry]:
+        t0 = time.perf_counter()
+        tail = self.tail(text)[None]
+        lexical = self.lexical(text)
+        tree = self.session.repo.tree
+        entries, cooldowns = cold_start(tree), {}
+        config = AllocatorConfig(**{**self.allocator.__dict__, "max_edits": budget})
+        scoring = 0.0
+        for _ in range(MAX_ROUNDS):
+            t = time.perf_counter()
+            utilities = self.utilities(entries, lexical, tail)
+            scoring += time.perf_counter() - t
+            step = allocate(tree, entries, utilities, budget, cooldowns, config)
+            if not step.edits:
+                break
+            entries, cooldowns = step.entries, step.cooldowns
+        timings["score"] = scoring
+        timings["allocate"] = time.perf_counter() - t0 - scoring
+        return entries
+
+    def utilities(self, entries: list[Entry], lexical: np.ndarray, tail: torch.Tensor
+                  ) -> np.ndarray:
+        nodes, features, level, kind = self.features.arrays(entries, lexical)
+        gists = self.session.gists
+        table = gists.table()
+        vectors = table[torch.from_numpy(gists.rows(nodes))].float()
+        with torch.no_grad():
+            u = self.net(vectors[None], torch.from_numpy(features)[None],
+                         torch.from_numpy(level)[None], torch.from_numpy(kind)[None],
+                         torch.ones(1, len(entries), dtype=torch.bool), tail,
+                         torch.ones(1, tail.shape[1], dtype=torch.bool))
+        return self.units.pool_entries(nodes, u[0].numpy().astype(np.float64))
+
+
+# ---------------------------------------------------------------- weights
+
+
+def save_lensnet(net: LensNet, folder: Path, name: str, manifest: dict) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.safetensors"
+    save_file({k: v.detach().to(torch.float16).cpu().contiguous()
+               for k, v in net.state_dict().items()}, str(path))
+    meta = {"config": asdict(net.config), "token_norm": net.token_norm, **manifest}
+    (folder / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return path
+
+
+def load_lensnet(weights: Path) -> tuple[LensNet, dict]:
+    from safetensors.torch import load_file
+
+    manifest = json.loads(weights.with_suffix(".json").read_text())
+    net = LensNet(LensNetConfig(**manifest["config"]), manifest["token_norm"])
+    net.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
+    net.eval().requires_grad_(False)
+    net.id = f"lensnet-{weights.stem.rsplit('-', 1)[-1]}:{manifest.get('steps', 0)}"
+    return net, manifest
+
+
+def shipped_lensnet(base_id: str) -> Path | None:
+    """The shipped LensNet weights trained for this base model, if any."""
+    for meta in sorted(WEIGHTS_FOLDER.glob("lensnet-*.json")):
+        try:
+            manifest = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        weights = meta.with_suffix(".safetensors")
+        if manifest.get("base_model") == base_id and weights.is_file():
+            return weights
+    return None
+
+
+def default_focus(base_id: str) -> tuple[str, str]:
+    """The scorer `ask` uses by default for this base model, and a description of it."""
+    weights = shipped_lensnet(base_id)
+    if weights is None:
+        return "bm25", "bm25 (no LensNet weights for this base model)"
+    manifest = json.loads(weights.with_suffix(".json").read_text())
+    val = manifest.get("evaluation", {})
+    recall = val.get("val_recall_lensnet_2048")
+    return "lensnet", (f"lensnet {weights.stem} ({manifest.get('steps', '?')} steps"
+                       + (f", held-out stdlib recall@2048 {recall:.2f}" if recall is not None
+                          else "") + ")")
+
+
+def default_lensnet(model: BaseModel) -> LensNet:
+    weights = shipped_lensnet(model.id)
+    if weights is None:
+        raise MegaContextError(f"no LensNet weights for base model {model.id}: use --focus "
+                               "bm25, or train them with `mcagent train lensnet`")
+    return load_lensnet(weights)[0]
