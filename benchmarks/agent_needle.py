@@ -12,8 +12,8 @@ step) and is scored by its validated citations:
 - **hit**: a cited span overlaps the gold function's lines;
 - **contains**: a cited span contains the whole function (the issue's strict criterion).
 
-Scorers: `bm25` (the only one built so far); `lensnet` is reported as not available until
-LensNet ships. Writes benchmarks/results/agent_needle.md.
+Scorers: `--focus lensnet` and `--focus bm25`, same tasks, same model, same budget.
+Writes benchmarks/results/agent_needle.md.
 """
 
 from __future__ import annotations
@@ -37,21 +37,18 @@ PACKAGE = "click"
 def main() -> None:
     import platformdirs
 
-    import prompts
     from benchmarks.index_speed import machine
-    from mcagent.agent import Agent, AgentConfig, model_policy, run
-    from mcagent.tools import Workspace
+    from mcagent.agent import AgentConfig
     from megacontext.adapter import ModelConfig, load_base_model
-    from megacontext.ask import AskConfig, AskSession
+    from megacontext.ask import AskConfig
     from megacontext.gistnet import default_gist_model
-    from megacontext.indexer import IndexConfig, index_repository
-    from megacontext.store import Store, db_path
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=8)
     ap.add_argument("--budget", type=int, default=2048)
     ap.add_argument("--max-steps", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scorers", nargs="+", default=["lensnet", "bm25"])
     args = ap.parse_args()
     model = load_base_model(ModelConfig(cache_dir=Path(platformdirs.user_cache_dir("mcagent"))))
     gist_model = default_gist_model(model)
@@ -60,41 +57,58 @@ def main() -> None:
     repo = work / PACKAGE
     shutil.copytree(source, repo, ignore=shutil.ignore_patterns("__pycache__"))
     tasks = needles(repo, args.tasks, args.seed)
-    config = AgentConfig(max_steps=args.max_steps, ask=AskConfig(budget=args.budget))
     rows = []
     try:
-        for n, task in enumerate(tasks, 1):
-            path = repo / task["path"]
-            original = path.read_text()
-            path.write_text(task["text"])  # the docstring removed
-            try:
-                index_repository(repo, model, gist_model, IndexConfig())
-                started = time.perf_counter()
-                with Store.open(db_path(repo), read_only=True) as store:
-                    session = AskSession(store, model, repo.name, config.ask)
-                agent = Agent(session, Workspace(repo, session.repo), gist_model,
-                              prompts.render("agent_system", repository=repo.name), config)
-                agent.add_question(task["question"])
-                result = run(agent, model_policy(config.action_tokens), lambda s: None)
-                seconds = time.perf_counter() - started
-            finally:
-                path.write_text(original)
-            lo, hi = task["lines"]
-            cited = [c for c in result.citations if c.path == task["path"]]
-            hit = any(c.start <= hi and c.end >= lo for c in cited)
-            contains = any(c.start <= lo and c.end >= hi for c in cited)
-            steps = sum(1 for s in result.steps if s.kind == "action")
-            tools = [s.action["tool"] if s.action else
-                     f"invalid ({(s.observation or '').split(':')[0].split(' ')[0]})"
-                     for s in result.steps if s.kind == "action"]
-            rows.append({"task": task, "hit": hit, "contains": contains, "steps": steps,
-                         "seconds": seconds, "status": result.status, "tools": tools,
-                         "citations": [str(c) for c in result.citations]})
-            print(f"[{n}/{len(tasks)}] {task['name']}: hit {hit} contains {contains} "
-                  f"{steps} steps {seconds:.0f} s {tools} {rows[-1]['citations']}", flush=True)
+        for scorer in args.scorers:
+            config = AgentConfig(max_steps=args.max_steps,
+                                 ask=AskConfig(budget=args.budget, focus=scorer))
+            for n, task in enumerate(tasks, 1):
+                row = session_row(repo, task, config, model, gist_model)
+                rows.append({"scorer": scorer, **row})
+                print(f"[{scorer} {n}/{len(tasks)}] {task['name']}: hit {row['hit']} contains "
+                      f"{row['contains']} {row['steps']} steps {row['seconds']:.0f} s "
+                      f"{row['tools']} {row['citations']}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     write(rows, args, machine())
+
+
+def session_row(repo: Path, task: dict, config: object, model: object, gist_model: object
+                ) -> dict:
+    """One agent session on one task, with the task's docstring removed while it runs."""
+    import prompts
+    from mcagent.agent import Agent, model_policy, run
+    from mcagent.tools import Workspace
+    from megacontext.ask import AskSession
+    from megacontext.indexer import IndexConfig, index_repository
+    from megacontext.store import Store, db_path
+
+    path = repo / task["path"]
+    original = path.read_text()
+    path.write_text(task["text"])  # the docstring removed
+    try:
+        index_repository(repo, model, gist_model, IndexConfig())
+        started = time.perf_counter()
+        with Store.open(db_path(repo), read_only=True) as store:
+            session = AskSession(store, model, repo.name, config.ask)
+        agent = Agent(session, Workspace(repo, session.repo), gist_model,
+                      prompts.render("agent_system", repository=repo.name), config)
+        agent.add_question(task["question"])
+        result = run(agent, model_policy(config.action_tokens), lambda s: None)
+        seconds = time.perf_counter() - started
+    finally:
+        path.write_text(original)
+    lo, hi = task["lines"]
+    cited = [c for c in result.citations if c.path == task["path"]]
+    return {
+        "task": task, "hit": any(c.start <= hi and c.end >= lo for c in cited),
+        "contains": any(c.start <= lo and c.end >= hi for c in cited),
+        "steps": sum(1 for s in result.steps if s.kind == "action"), "seconds": seconds,
+        "status": result.status, "citations": [str(c) for c in result.citations],
+        "tools": [s.action["tool"] if s.action else
+                  f"invalid ({(s.observation or '').split(':')[0].split(' ')[0]})"
+                  for s in result.steps if s.kind == "action"],
+    }
 
 
 def needles(repo: Path, count: int, seed: int) -> list[dict]:
@@ -130,32 +144,33 @@ def needles(repo: Path, count: int, seed: int) -> list[dict]:
 
 
 def write(rows: list[dict], args: argparse.Namespace, machine_text: str) -> None:
-    n = len(rows)
-    hits = sum(r["hit"] for r in rows)
-    contains = sum(r["contains"] for r in rows)
     lines = [
         "# Agent needle: does a session cite the function the question is about?", "",
         f"Machine: {machine_text}. Produced by `python benchmarks/agent_needle.py --tasks "
-        f"{args.tasks} --budget {args.budget} --max-steps {args.max_steps}`; default model "
-        "(SmolLM2-135M-Instruct) on the CPU, greedy, actions under the JSON schema.",
+        f"{args.tasks} --budget {args.budget} --max-steps {args.max_steps} --scorers "
+        f"{' '.join(args.scorers)}`; default model (SmolLM2-135M-Instruct) on the CPU, "
+        "greedy, actions under the JSON schema.",
         f"Tasks: functions of `{PACKAGE}` (third-party, never trained on) with a docstring; "
         "the question is the docstring's summary, the repository is the package with that "
         "docstring removed.", "",
         "| focus | sessions | hit (cites a span overlapping the function) | contains (cites "
-        "the whole function) | mean steps | mean seconds / session |",
+        "the whole function) | mean steps | median seconds / session |",
         "|---|---|---|---|---|---|",
-        f"| bm25 | {n} | {hits}/{n} ({hits / max(n, 1):.0%}) | {contains}/{n} "
-        f"({contains / max(n, 1):.0%}) | {np.mean([r['steps'] for r in rows]):.1f} | "
-        f"{np.median([r['seconds'] for r in rows]):.0f} (median) |",
-        "| lensnet | — | not available: LensNet has not shipped yet (issue 5) | | | |", "",
-        "Per task (tools in order; citations as validated):", "",
-        "| function | file | gold lines | status | tools | citations | hit |",
-        "|---|---|---|---|---|---|---|",
     ]
+    for scorer in args.scorers:
+        rs = [r for r in rows if r["scorer"] == scorer]
+        n, hits, contains = len(rs), sum(r["hit"] for r in rs), sum(r["contains"] for r in rs)
+        lines.append(
+            f"| {scorer} | {n} | {hits}/{n} ({hits / max(n, 1):.0%}) | {contains}/{n} "
+            f"({contains / max(n, 1):.0%}) | {np.mean([r['steps'] for r in rs]):.1f} | "
+            f"{np.median([r['seconds'] for r in rs]):.0f} |")
+    lines += ["", "Per session (tools in order; citations as validated):", "",
+              "| focus | function | file | gold lines | status | tools | citations | hit |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r["task"]
-        lines.append(f"| `{t['name']}` | {t['path']} | {t['lines'][0]}-{t['lines'][1]} | "
-                     f"{r['status']} | {' → '.join(r['tools'])} | "
+        lines.append(f"| {r['scorer']} | `{t['name']}` | {t['path']} | {t['lines'][0]}-"
+                     f"{t['lines'][1]} | {r['status']} | {' → '.join(r['tools'])} | "
                      f"{', '.join(r['citations']) or '—'} | {'yes' if r['hit'] else 'no'} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "agent_needle.md").write_text("\n".join(lines) + "\n")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,15 +17,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import prompts
+from ingest import diff as diffs
 from ingest.errors import IngestError
 from ingest.watch import Batch
 from mcagent import render
 from mcagent.agent import Agent, AgentConfig, AgentError, SessionLog, ask_session, model_policy
 from mcagent.config import ConfigError, Settings, load_settings
+from mcagent.github import Finding, GitHubClient, GitHubConfig, GitHubError, post_review, sanitize
+from mcagent.review import SEVERITIES, ReviewConfig, ReviewResult, reviewable
+from mcagent.review import review as run_review
 from mcagent.tools import Workspace
 from megacontext.adapter import BaseModel, load_base_model
 from megacontext.ask import AskConfig, AskSession
-from megacontext.errors import MegaContextError
+from megacontext.errors import MegaContextError, ModelNotFound
 from megacontext.focus import SCORERS
 from megacontext.gist import GistModel
 from megacontext.gistnet import default_gist_model
@@ -298,6 +304,168 @@ def _watch_events(as_json: bool) -> Callable[[dict], None]:
     return emit
 
 
+class ReviewTimeout(Exception):
+    """`mcagent review --timeout` ran out."""
+
+
+@app.command()
+def review(
+    repo: Annotated[Path, typer.Option("--repo", "-C", help="Repository root.")] = Path("."),
+    staged: Annotated[bool, typer.Option(
+        "--staged", help="Review what is staged (the default; a pre-commit hook).")] = False,
+    diff: Annotated[str | None, typer.Option(
+        "--diff", metavar="REF", help="Review the work tree against REF.")] = None,
+    base: Annotated[str | None, typer.Option(help="Pull request mode: the base ref.")] = None,
+    head: Annotated[str | None, typer.Option(help="Pull request mode: the head ref.")] = None,
+    output: Annotated[str, typer.Option(
+        "--format", help="rich, json or github (workflow annotations).")] = "rich",
+    fail_on: Annotated[str | None, typer.Option(
+        "--fail-on", help="Exit 1 when a finding is at least this severe (info, warning, "
+        "error); otherwise a review never fails.")] = None,
+    timeout: Annotated[float | None, typer.Option(
+        min=0.1, help="Seconds before giving up (then exit 0: the tool never blocks).")] = None,
+    post: Annotated[bool, typer.Option(
+        "--post", help="Post to the pull request (GITHUB_TOKEN, GITHUB_REPOSITORY, "
+        "GITHUB_API_URL; --pr or the event file).")] = False,
+    pr: Annotated[int | None, typer.Option(help="Pull request number for --post.")] = None,
+    budget: Annotated[int | None, typer.Option(help="Positions the model sees.")] = None,
+    model: ModelOpt = None,
+    focus: Annotated[str, typer.Option(help="Focus scorer.")] = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Review a change (staged, against a ref, or a pull request's base...head) and report
+    findings; with --post, comment on the pull request."""
+    output = "json" if as_json else output
+    if output not in ("rich", "json", "github"):
+        raise typer.BadParameter("choose rich, json or github", param_hint="--format")
+    if fail_on is not None and fail_on not in SEVERITIES:
+        raise typer.BadParameter(f"choose one of {', '.join(SEVERITIES)}",
+                                 param_hint="--fail-on")
+    with _user_errors():
+        settings = _settings(repo, model=model)
+        files = reviewable(_change(settings.root, staged, diff, base, head))
+        if not files:
+            err.print("mcagent review: nothing to review")
+            return
+        result = _timed_review(settings, files, budget, focus, timeout)
+        if result is None:
+            return
+        secrets = _secrets()
+        result.findings = [_sanitized(f, secrets) for f in result.findings]
+        result.inline = [f for f in result.findings if f.line in next(
+            d.commentable() for d in files if d.path == f.path)]
+        _emit_review(result, output)
+        if post:
+            _post_review(settings.root, result, pr, head or "HEAD", secrets)
+    worst = result.worst()
+    if fail_on is not None and worst is not None and (
+            SEVERITIES.index(worst) >= SEVERITIES.index(fail_on)):
+        raise typer.Exit(1)
+
+
+def _change(root: Path, staged: bool, ref: str | None, base: str | None, head: str | None
+            ) -> list:
+    """The diff the flags name (pre-push hooks name theirs in PRE_COMMIT_FROM/TO_REF)."""
+    modes = sum([staged, ref is not None, base is not None or head is not None])
+    if modes > 1:
+        raise ConfigError("give one of --staged, --diff REF, or --base REF --head REF")
+    if (base is None) != (head is None):
+        raise ConfigError("pull request mode needs both --base and --head")
+    if base is not None:
+        return diffs.between(root, base, head)
+    if ref is not None:
+        return diffs.against(root, ref)
+    hook_from, hook_to = os.environ.get("PRE_COMMIT_FROM_REF"), os.environ.get(
+        "PRE_COMMIT_TO_REF")
+    if not staged and hook_from and hook_to:
+        return diffs.between(root, hook_from, hook_to)
+    return diffs.staged(root)
+
+
+def _timed_review(settings: Settings, files: list, budget: int | None, focus: str,
+                  timeout: float | None) -> ReviewResult | None:
+    """The review, or None (after saying why) when the model cannot load or time runs out:
+    the tool itself never blocks a commit."""
+    def expire(*_: object) -> None:
+        raise ReviewTimeout
+
+    if timeout is not None:
+        signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        try:
+            base_model = _load_model(settings)
+            base_model.causal_lm()
+        except (ModelNotFound, OSError) as e:
+            err.print(f"mcagent review: the model could not load ({escape(str(e))}); "
+                      "skipped")
+            return None
+        gist_model = default_gist_model(base_model)
+        index_repository(settings.root, base_model, gist_model, settings.index)
+        budget = budget or (2048 if base_model.device.type == "cpu" else 8192)
+        with Store.open(db_path(settings.root), read_only=True, wait=settings.index.lock_wait,
+                        on_wait=_waiting) as store:
+            session = AskSession(store, base_model, settings.root.name,
+                                 AskConfig(budget=budget, focus=focus))
+        system = prompts.render("review_system", repository=settings.root.name)
+        return run_review(session, files, system, model_policy(ReviewConfig().max_tokens),
+                          ReviewConfig(budget=budget))
+    except ReviewTimeout:
+        err.print(f"mcagent review: the time limit ({timeout:g} s) passed; skipped")
+        return None
+    finally:
+        if timeout is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _secrets() -> list[str]:
+    """Values that must never leave in a review: the token and every environment value
+    long enough to be one (the change under review is untrusted and may ask for them)."""
+    return sorted({v for v in os.environ.values() if len(v) >= 8}, key=len, reverse=True)
+
+
+def _sanitized(f: Finding, secrets: list[str]) -> Finding:
+    return Finding(f.path, f.line, f.severity, sanitize(f.message, secrets),
+                   sanitize(f.suggestion, secrets) if f.suggestion else None)
+
+
+def _emit_review(result: ReviewResult, output: str) -> None:
+    if output == "json":
+        print(json.dumps(render.review_json(result), indent=2))
+    elif output == "github":
+        print("\n".join(render.github_annotations(result)))
+    else:
+        render.review_report(out, result)
+
+
+def _post_review(root: Path, result: ReviewResult, pr: int | None, head: str,
+                 secrets: list[str]) -> None:
+    token = os.environ.get("GITHUB_TOKEN")
+    repository = os.environ.get("GITHUB_REPOSITORY")
+    if not token or not repository:
+        raise ConfigError("--post needs GITHUB_TOKEN and GITHUB_REPOSITORY in the environment")
+    pr = pr if pr is not None else _event_pr()
+    config = GitHubConfig(api_url=os.environ.get("GITHUB_API_URL", "https://api.github.com"),
+                          repository=repository, token=token)
+    commentable = {f.path: f.commentable() for f in result.files}
+    sha = diffs.commit_of(root, head)
+    with GitHubClient(config) as client:
+        report = post_review(client, pr, sha, result.findings, result.summary(), commentable,
+                             [token, *secrets])
+    err.print(f"posted to pull request #{pr}: {report.inline} inline, {report.in_summary} in "
+              f"the summary comment" + (" (inline comments refused: moved to the summary)"
+                                        if report.fell_back else ""))
+
+
+def _event_pr() -> int:
+    """The pull request number from the workflow's event file (GITHUB_EVENT_PATH)."""
+    path = os.environ.get("GITHUB_EVENT_PATH")
+    try:
+        return int(json.loads(Path(path).read_text())["pull_request"]["number"])
+    except (TypeError, OSError, ValueError, KeyError):
+        raise ConfigError("--post needs --pr N outside a pull_request workflow") from None
+
+
 train_app = typer.Typer(no_args_is_help=True, help="Train the learned parts for a base model.")
 app.add_typer(train_app, name="train")
 
@@ -418,7 +586,7 @@ def _user_errors() -> Iterator[None]:
     """Expected failures become one line on stderr and exit code 1; Ctrl-C exits 130."""
     try:
         yield
-    except (IngestError, MegaContextError, ConfigError, AgentError) as e:
+    except (IngestError, MegaContextError, ConfigError, AgentError, GitHubError) as e:
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:

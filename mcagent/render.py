@@ -15,6 +15,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from mcagent.agent import SessionResult, Step
+from mcagent.review import ReviewResult
 from megacontext.indexer import Changes, IndexReport
 
 
@@ -295,3 +296,50 @@ def watch_event(console: Console, event: dict) -> None:
                       f"or restart retries): {event['message']}", highlight=False)
     elif kind == "stopped":
         console.print(f"Stopped watching after {event['updates']} update(s).")
+
+
+# ---------------------------------------------------------------- review
+
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+_GITHUB_LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
+
+
+def review_report(console: Console, result: ReviewResult) -> None:
+    console.print(f"[bold]{escape(result.summary())}[/]")
+    for note in result.notes:
+        console.print(f"[dim]note: {escape(note)}[/]")
+    for f in result.findings:
+        where = "" if f in result.inline else " [dim](outside the diff)[/]"
+        console.print(f"  [{_SEVERITY_STYLE[f.severity]}]{f.severity:7}[/] "
+                      f"{escape(f.path)}:{f.line}{where}  {escape(f.message)}")
+        if f.suggestion:
+            console.print(f"           [green]suggest:[/] {escape(f.suggestion)}")
+    for d in result.dropped:
+        console.print(f"[dim]dropped: {escape(d)}[/]")
+
+
+def review_json(result: ReviewResult) -> dict[str, object]:
+    return {
+        "summary": result.summary(),
+        "files": [{"path": f.path, "status": f.status, "hunks": len(f.hunks)}
+                  for f in result.files],
+        "findings": [{**asdict(f), "in_diff": f in result.inline} for f in result.findings],
+        "dropped": result.dropped, "notes": result.notes, "tokens": result.tokens,
+        "timings": {k: round(v, 3) for k, v in result.timings.items()},
+    }
+
+
+def github_annotations(result: ReviewResult) -> list[str]:
+    """GitHub Actions workflow commands, one per finding (shown on the pull request's
+    files), then the summary as a notice."""
+    lines = [f"::{_GITHUB_LEVEL[f.severity]} file={_gh_property(f.path)},line={f.line},"
+             f"title=mcagent {f.severity}::{_gh_data(f.message)}" for f in result.findings]
+    return [*lines, f"::notice title=mcagent review::{_gh_data(result.summary())}"]
+
+
+def _gh_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(text: str) -> str:
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")

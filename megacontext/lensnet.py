@@ -11,8 +11,10 @@ it, negative = it may collapse. Entries carry no position but their feature, so 
 them permutes the utilities.
 
 Focusing (`LensNetFocus`) starts from the root's gist and alternates LensNet and the Focus
-Allocator (`allocate`): each round rates the entries there are, then expands the positive
-ones best first (collapsing the worst to make room), until an allocation changes nothing.
+Allocator's best-first descent (`descend`): each round rates the entries there are, then
+descends again from the root on every utility known so far, best first while it fits the
+budget, until a descent shows nothing unrated. The budget is always filled, in order of
+utility: sharp where LensNet says the task needs it.
 A function is read whole: the blocks of one definition present as entries share their best
 utility (as the retrieval scorers' blocks share their definition's best score).
 
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megacontext.adapter import BaseModel
-from megacontext.allocator import AllocatorConfig, Entry, allocate, cold_start
+from megacontext.allocator import AllocatorConfig, Entry, cold_start, descend
 from megacontext.errors import MegaContextError
 from megacontext.focus import Units, node_scores
 from megacontext.repo_tree import RepoTree
@@ -49,7 +51,8 @@ CODE_SUFFIXES = (".py", ".pyi", ".js", ".jsx", ".ts", ".tsx", ".go", ".rs", ".ja
                  ".cc", ".cpp", ".hpp", ".rb", ".sh")
 N_FEATURES = 6
 MAX_LEVEL = 7  # level embeddings: 0 = raw, 1..7 (higher levels share 7)
-MAX_ROUNDS = 16
+MAX_ROUNDS = 24  # rounds of rating and descending (a tree is rarely deeper than 12)
+UNRATED = -1e9  # every rated node may expand, best first, while it fits
 
 
 @dataclass(frozen=True)
@@ -202,21 +205,27 @@ class LensNetFocus:
         return self.session.model.embeddings[torch.tensor(ids)]
 
     def focus(self, text: str, budget: int, timings: dict[str, float]) -> list[Entry]:
+        """Best-first descent on LensNet's utilities, learned a level per round: each round
+        rates the entries the last descent produced (in that context), then descends again
+        from the root on every utility known so far; nodes not rated yet stay gists. Ends
+        when a descent shows no entry that has not been rated."""
         t0 = time.perf_counter()
         tail = self.tail(text)[None]
         lexical = self.lexical(text)
         tree = self.session.repo.tree
-        entries, cooldowns = cold_start(tree), {}
-        config = AllocatorConfig(**{**self.allocator.__dict__, "max_edits": budget})
+        known = np.full(self.session.repo.size, -np.inf)
+        config = AllocatorConfig(**{**self.allocator.__dict__, "max_edits": budget,
+                                    "expand_threshold": UNRATED})
+        entries = cold_start(tree)
         scoring = 0.0
         for _ in range(MAX_ROUNDS):
             t = time.perf_counter()
-            utilities = self.utilities(entries, lexical, tail)
+            nodes = np.fromiter((e.node for e in entries), np.int64, len(entries))
+            known[nodes] = self.utilities(entries, lexical, tail)
             scoring += time.perf_counter() - t
-            step = allocate(tree, entries, utilities, budget, cooldowns, config)
-            if not step.edits:
+            entries = descend(tree, cold_start(tree), known, budget, config).entries
+            if not np.isneginf(known[[e.node for e in entries]]).any():
                 break
-            entries, cooldowns = step.entries, step.cooldowns
         timings["score"] = scoring
         timings["allocate"] = time.perf_counter() - t0 - scoring
         return entries
