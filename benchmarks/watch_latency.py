@@ -34,6 +34,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,6 +86,36 @@ class Watch:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def db_stamp(repo: Path) -> tuple:
+    """Size and mtime of the index file and its write-ahead log: a reader opens the index
+    only when these moved (opening it costs CPU, and a reader holding it makes the writer
+    wait: a poll that opened it every 20 ms would slow the very update it waits for)."""
+    from megacontext.store import db_path
+
+    out = []
+    for p in (db_path(repo), db_path(repo).with_name(db_path(repo).name + ".wal")):
+        try:
+            st = p.stat()
+            out.append((st.st_size, st.st_mtime_ns))
+        except FileNotFoundError:
+            out.append(None)
+    return tuple(out)
+
+
+def wait_visible(repo: Path, done: Callable[[dict[str, bytes]], bool], timeout: float,
+                 poll: float) -> bool:
+    """Poll until `done(stored hashes)`; the index is opened only after it changed."""
+    start, stamp = time.monotonic(), None
+    while time.monotonic() - start < timeout:
+        now = db_stamp(repo)
+        if now != stamp:
+            stamp = now
+            if done(stored_hashes(repo)):
+                return True
+        time.sleep(poll)
+    return False
 
 
 def stored_hashes(repo: Path) -> dict[str, bytes]:
@@ -152,10 +183,8 @@ def main() -> None:
         rel = path.relative_to(repo).as_posix()
         saved = time.monotonic()
         path.write_text(new)
-        while stored_hashes(repo).get(rel) != digest:
-            if time.monotonic() - saved > 60:
-                raise SystemExit(f"{rel} not visible after 60 s")
-            time.sleep(0.02)
+        if not wait_visible(repo, lambda h, rel=rel, d=digest: h.get(rel) == d, 60, 0.02):
+            raise SystemExit(f"{rel} not visible after 60 s")
         latencies.append(time.monotonic() - saved)
         tokens.append(len(model.tokenizer.encode(new).ids))
         if (k + 1) % 25 == 0:
@@ -170,8 +199,8 @@ def main() -> None:
     second_names = {f"src/{flat_name(site, p)}" for p in second}
     switched = time.monotonic()
     git(repo, "checkout", "-q", "other")
-    while not second_names <= set(stored_hashes(repo)):
-        time.sleep(0.1)
+    if not wait_visible(repo, lambda h: second_names <= set(h), 900, 0.1):
+        raise SystemExit("the branch switch was not visible after 900 s")
     switch_seconds = time.monotonic() - switched
     updates = [watch.wait_for("update")]
     time.sleep(1.0)

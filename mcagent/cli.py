@@ -488,19 +488,10 @@ def train_gistnet_command(
         help="The frozen base model's dtype (bfloat16 is fastest on modern CPUs).")] = "bfloat16",
 ) -> None:
     """Train GistNet on the standard library with the base model frozen (resumable)."""
-    import sysconfig
-
-    from megacontext.adapter import ModelConfig
     from megacontext.train.gistnet import TrainConfig, train_gistnet
 
     with _user_errors():
-        lib_dir = lib if lib is not None else Path(sysconfig.get_paths()["stdlib"])
-        if not (lib_dir / "os.py").is_file():
-            raise ConfigError(f"{lib_dir} is not a Python standard library (no os.py)")
-        settings = _settings(Path("."), model=model)
-        config = ModelConfig(name=settings.model.name, cache_dir=settings.model.cache_dir,
-                             device=device, dtype=dtype)
-        base = _load_model(Settings(settings.root, config, settings.index))
+        lib_dir, base = _training_inputs(lib, model, device, dtype)
         train = TrainConfig(lib=lib_dir.resolve(), out=out_dir.resolve(), steps=steps,
                             batch=batch, lr=lr, seed=seed)
 
@@ -530,19 +521,10 @@ def train_lensnet_command(
 ) -> None:
     """Train LensNet on counterfactual labels from the standard library (resumable: labels
     already made are kept)."""
-    import sysconfig
-
-    from megacontext.adapter import ModelConfig
     from megacontext.train.lensnet import LensTrainConfig, train_lensnet
 
     with _user_errors():
-        lib_dir = lib if lib is not None else Path(sysconfig.get_paths()["stdlib"])
-        if not (lib_dir / "os.py").is_file():
-            raise ConfigError(f"{lib_dir} is not a Python standard library (no os.py)")
-        settings = _settings(Path("."), model=model)
-        config = ModelConfig(name=settings.model.name, cache_dir=settings.model.cache_dir,
-                             device=device, dtype=dtype)
-        base = _load_model(Settings(settings.root, config, settings.index))
+        lib_dir, base = _training_inputs(lib, model, device, dtype)
         train = LensTrainConfig(lib=lib_dir.resolve(), out=out_dir.resolve(), repos=repos,
                                 steps=steps, seed=seed)
 
@@ -556,6 +538,22 @@ def train_lensnet_command(
                                  export.resolve() if export is not None else None)
         out.print(f"LensNet trained: weights in {out_dir}; held-out recall " + ", ".join(
             f"{k} {v:.2f}" for k, v in manifest["evaluation"].items() if k.startswith("val")))
+
+
+def _training_inputs(lib: Path | None, model: str | None, device: str, dtype: str
+                     ) -> tuple[Path, BaseModel]:
+    """The standard library to train on (this Python's by default) and the frozen base."""
+    import sysconfig
+
+    from megacontext.adapter import ModelConfig
+
+    lib_dir = lib if lib is not None else Path(sysconfig.get_paths()["stdlib"])
+    if not (lib_dir / "os.py").is_file():
+        raise ConfigError(f"{lib_dir} is not a Python standard library (no os.py)")
+    settings = _settings(Path("."), model=model)
+    config = ModelConfig(name=settings.model.name, cache_dir=settings.model.cache_dir,
+                         device=device, dtype=dtype)
+    return lib_dir, _load_model(Settings(settings.root, config, settings.index))
 
 
 def main() -> None:

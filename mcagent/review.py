@@ -20,11 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ingest.diff import FileDiff
-from mcagent.github import Finding
+from mcagent.github import SEVERITIES, Finding
 from megacontext.ask import SLOT, AskSession
 from megacontext.working_context import WorkingContext
 
-SEVERITIES = ("info", "warning", "error")
 USER_TEMPLATE = ("Repository {name} ({files} files; parts out of focus are compressed):\n"
                  "{slot}\n\nThe change to review:\n<<<change\n{change}\nchange>>>\n\n"
                  "Report the findings as one JSON object.")

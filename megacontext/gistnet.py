@@ -167,11 +167,12 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
-def shipped_weights(base_id: str) -> Path | None:
-    """The shipped GistNet weights trained for this base model, if any."""
+def shipped_weights(base_id: str, kind: str = "gistnet") -> Path | None:
+    """The shipped weights of a learned part (`gistnet`, `lensnet`) trained for this base
+    model, if any."""
     if not WEIGHTS_FOLDER.is_dir():
         return None
-    for meta in sorted(WEIGHTS_FOLDER.glob("gistnet-*.json")):
+    for meta in sorted(WEIGHTS_FOLDER.glob(f"{kind}-*.json")):
         try:
             manifest = json.loads(meta.read_text())
         except (OSError, ValueError):

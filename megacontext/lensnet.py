@@ -39,12 +39,12 @@ from megacontext.adapter import BaseModel
 from megacontext.allocator import AllocatorConfig, Entry, cold_start, descend
 from megacontext.errors import MegaContextError
 from megacontext.focus import Units, node_scores
+from megacontext.gistnet import shipped_weights
 from megacontext.repo_tree import RepoTree
 
 if TYPE_CHECKING:
     from megacontext.ask import AskSession
 
-WEIGHTS_FOLDER = Path(__file__).parent / "weights"
 KINDS = ("folder", "code", "docs", "other")
 DOC_SUFFIXES = (".md", ".rst", ".txt", ".adoc")
 CODE_SUFFIXES = (".py", ".pyi", ".js", ".jsx", ".ts", ".tsx", ".go", ".rs", ".java", ".c", ".h",
@@ -272,15 +272,7 @@ def load_lensnet(weights: Path) -> tuple[LensNet, dict]:
 
 def shipped_lensnet(base_id: str) -> Path | None:
     """The shipped LensNet weights trained for this base model, if any."""
-    for meta in sorted(WEIGHTS_FOLDER.glob("lensnet-*.json")):
-        try:
-            manifest = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            continue
-        weights = meta.with_suffix(".safetensors")
-        if manifest.get("base_model") == base_id and weights.is_file():
-            return weights
-    return None
+    return shipped_weights(base_id, "lensnet")
 
 
 def default_focus(base_id: str) -> tuple[str, str]:

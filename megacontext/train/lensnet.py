@@ -323,42 +323,16 @@ def loss_fn(u: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, margin: f
 
 def train_lensnet(config: LensTrainConfig, model: BaseModel, gist_model: GistModel,
                   progress: Progress, weights_out: Path | None = None) -> dict:
-    """The whole pipeline; every stage resumes from what `config.out` already holds."""
+    """The whole pipeline: repositories → tasks → labels → states → fit → evaluate → save.
+    Every stage resumes from what `config.out` already holds."""
     torch.manual_seed(config.seed)
     config.out.mkdir(parents=True, exist_ok=True)
-    data: list[RepoData] = []
     repos = training_repos(config.lib, config.repos)
-    for r, (name, files) in enumerate(repos):
-        root, tasks = prepare_repo(config, name, files, model, gist_model, config.seed + r)
-        with Store.open(db_path(root), read_only=True) as store:
-            session = AskSession(store, model, name, AskConfig(focus="bm25"))
-        labels = make_labels(session, tasks, config.out / "repos" / f"{name}.labels.jsonl",
-                             config, lambda i, n, name=name: progress(f"labels {name}", i, n, {}))
-        untrained = LensNet(LensNetConfig(dim=model.dim, **config.net), model.token_norm)
-        data.append(RepoData(session, tasks, labels, LensNetFocus(session, untrained)))
-        progress("repositories", r + 1, len(repos), {"tasks": float(len(tasks))})
+    data = [load_repo(config, r, name, files, model, gist_model, progress)
+            for r, (name, files) in enumerate(repos)]
     train_ids = range(len(data) - config.val_repos)
     states = [s for r in train_ids for s in make_states(data[r], r, config)]
-    net = LensNet(LensNetConfig(dim=model.dim, **config.net), model.token_norm)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=0.01)
-    rng = np.random.default_rng(config.seed)
-    history = []
-    for step in range(config.steps):
-        lr = config.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * (1 - step / config.steps))
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        picked = [states[i] for i in rng.choice(len(states), config.batch, replace=False)]
-        *inputs, labels = batch_inputs(picked, data, model, net.config.max_tail)
-        net.train()
-        u = net(*inputs)
-        loss, metrics = loss_fn(u, labels, inputs[4], config.margin, config.rank_weight)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
-        history.append({"step": step + 1, **metrics})
-        progress("train", step + 1, config.steps, metrics)
-    net.eval().requires_grad_(False)
+    net, history = fit(config, states, data, model, progress)
     evaluation = {f"val_{k}": v for k, v in evaluate(net, data[len(train_ids):]).items()}
     evaluation.update({f"train_{k}": v for k, v in evaluate(net, data[:2]).items()})
     manifest = {
@@ -376,6 +350,45 @@ def train_lensnet(config: LensTrainConfig, model: BaseModel, gist_model: GistMod
         save_lensnet(net, weights_out.parent, weights_out.name, manifest)
     save_lensnet(net, config.out, "checkpoint", manifest)
     return manifest
+
+
+def load_repo(config: LensTrainConfig, r: int, name: str, files: list[str], model: BaseModel,
+              gist_model: GistModel, progress: Progress) -> RepoData:
+    """One training repository, indexed, with its tasks and labels (made if missing)."""
+    root, tasks = prepare_repo(config, name, files, model, gist_model, config.seed + r)
+    with Store.open(db_path(root), read_only=True) as store:
+        session = AskSession(store, model, name, AskConfig(focus="bm25"))
+    labels = make_labels(session, tasks, config.out / "repos" / f"{name}.labels.jsonl",
+                         config, lambda i, n: progress(f"labels {name}", i, n, {}))
+    untrained = LensNet(LensNetConfig(dim=model.dim, **config.net), model.token_norm)
+    progress("repositories", r + 1, config.repos, {"tasks": float(len(tasks))})
+    return RepoData(session, tasks, labels, LensNetFocus(session, untrained))
+
+
+def fit(config: LensTrainConfig, states: list[State], data: list[RepoData], model: BaseModel,
+        progress: Progress) -> tuple[LensNet, list[dict[str, float]]]:
+    """AdamW with warm-up and linear decay over seeded batches of states."""
+    net = LensNet(LensNetConfig(dim=model.dim, **config.net), model.token_norm)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=0.01)
+    rng = np.random.default_rng(config.seed)
+    history = []
+    net.train()
+    for step in range(config.steps):
+        lr = config.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * (1 - step / config.steps))
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        picked = [states[i] for i in rng.choice(len(states), config.batch, replace=False)]
+        *inputs, labels = batch_inputs(picked, data, model, net.config.max_tail)
+        loss, metrics = loss_fn(net(*inputs), labels, inputs[4], config.margin,
+                                config.rank_weight)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        history.append({"step": step + 1, **metrics})
+        progress("train", step + 1, config.steps, metrics)
+    net.eval().requires_grad_(False)
+    return net, history
 
 
 def evaluate(net: LensNet, data: list[RepoData], budgets: tuple[int, ...] = (1024, 2048)
