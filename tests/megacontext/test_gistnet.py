@@ -126,9 +126,9 @@ def test_training_step_reduces_the_loss_on_a_tiny_model(tmp_path: Path) -> None:
         return float((out.kl + out.nll_gist).mean())
 
     before = loss()
-    for _ in range(25):
+    for _ in range(60):
         train_step(state, config, MODEL, corpus, 1, rows)
-    assert loss() < before - 0.05
+    assert loss() < before - 0.05, (before, loss())
 
 
 def test_level_two_gists_come_from_level_one_gists(tmp_path: Path) -> None:
