@@ -103,15 +103,28 @@ class Units:
             counts.append(len(w))
         self.word_ids = np.array(ids, np.int64)
         self.word_counts = np.array(counts, np.int64)
+        df = np.bincount(self.word_ids, minlength=len(self.vocabulary))
+        self.idf = np.log(1 + len(self.starts) / np.maximum(df, 1))
 
-    def name_match(self, text: str) -> np.ndarray:
-        """(n_blocks,) the share of its definition's name words the text says."""
+    def name_match(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per block, how its definition's name matches the text: the share of the name's
+        words the text says, and the rarity (idf) of the words it says, relative to the
+        best definition (a rare word shared says more than `get`)."""
         said = [self.vocabulary[w] for w in set(words(text)) if w in self.vocabulary]
         hit = np.isin(self.word_ids, said).astype(np.float64)
-        ptr = np.concatenate(([0], np.cumsum(self.word_counts)))
-        total = np.add.reduceat(hit, ptr[:-1]) if len(hit) else np.zeros(len(self.starts))
-        total = np.where(self.word_counts > 0, total, 0.0)  # reduceat of an empty run
-        return (total / np.maximum(self.word_counts, 1))[self.of_block]
+        share = self._per_unit(hit) / np.maximum(self.word_counts, 1)
+        rare = self._per_unit(hit * self.idf[self.word_ids])
+        best = rare.max() if len(rare) else 0.0
+        rare = rare / best if best > 0 else rare
+        return share[self.of_block], rare[self.of_block]
+
+    def _per_unit(self, values: np.ndarray) -> np.ndarray:
+        """Sum of per-word values over each unit's words."""
+        if not len(values):
+            return np.zeros(len(self.starts))
+        ptr = np.concatenate(([0], np.cumsum(self.word_counts)))[:-1]
+        total = np.add.reduceat(values, np.minimum(ptr, len(values) - 1))
+        return np.where(self.word_counts > 0, total, 0.0)  # reduceat of an empty run
 
     def pool(self, block_scores: np.ndarray) -> np.ndarray:
         """Every block gets its unit's best score."""

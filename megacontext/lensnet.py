@@ -2,8 +2,9 @@
 
 Input: the entries (a gist stands for itself; a raw entry for the gist of its block), their
 features (level, kind, token count, position, and two matches with the tail: the best BM25
-score under the entry relative to the best in the repository, and the best share of a
-definition's name words the tail says, under the entry), and the tail (the
+score under the entry relative to the best in the repository, and how well the name of a
+definition under it matches: the share of its words the tail says, and their rarity), and
+the tail (the
 question and recent turns, as the base model's own input embeddings). Two rounds of dual
 cross-attention — the tail reads the entries, then the entries read the enriched tail —
 without masks of order (non-causal), then one signed utility per entry: positive = expand
@@ -49,7 +50,7 @@ KINDS = ("folder", "code", "docs", "other")
 DOC_SUFFIXES = (".md", ".rst", ".txt", ".adoc")
 CODE_SUFFIXES = (".py", ".pyi", ".js", ".jsx", ".ts", ".tsx", ".go", ".rs", ".java", ".c", ".h",
                  ".cc", ".cpp", ".hpp", ".rb", ".sh")
-N_FEATURES = 6
+N_FEATURES = 7
 MAX_LEVEL = 7  # level embeddings: 0 = raw, 1..7 (higher levels share 7)
 MAX_ROUNDS = 24  # rounds of rating and descending (a tree is rarely deeper than 12)
 UNRATED = -1e9  # every rated node may expand, best first, while it fits
@@ -150,7 +151,8 @@ class EntryFeatures:
         position = np.arange(len(entries)) / max(len(entries) - 1, 1)
         lex = lexical[nodes]
         features = np.stack([raw.astype(np.float64), self.log_tokens[nodes], position,
-                             lex[:, 0], lex[:, 0] ** 2, lex[:, 1]], 1).astype(np.float32)
+                             lex[:, 0], lex[:, 0] ** 2, lex[:, 1], lex[:, 2]], 1
+                            ).astype(np.float32)
         level = np.where(raw, 0, self.repo.level[nodes]).astype(np.int64)
         return nodes, features, level, self.kind[nodes]
 
@@ -189,15 +191,16 @@ class LensNetFocus:
         self.units = Units(session.repo)
 
     def lexical(self, text: str) -> np.ndarray:
-        """(N, 2) matches of the text with every node: the best BM25 score under it (a
-        block: its definition's best) relative to the best, and the best share of a
-        definition's name words the text says."""
+        """(N, 3) matches of the text with every node: the best BM25 score under it (a
+        block: its definition's best) relative to the best, and the best name match of a
+        definition under it (`Units.name_match`: share of its words, their rarity)."""
         repo = self.session.repo
         blocks = repo.blocks()
         pooled = self.units.pool(self.session.scorer.block_scores(text))
         bm25 = relative_lexical(node_scores(repo, blocks, self.levels, pooled))
-        names = node_scores(repo, blocks, self.levels, self.units.name_match(text))
-        return np.stack([bm25, names], 1)
+        share, rare = self.units.name_match(text)
+        return np.stack([bm25, node_scores(repo, blocks, self.levels, share),
+                         node_scores(repo, blocks, self.levels, rare)], 1)
 
     def tail(self, text: str) -> torch.Tensor:
         ids = self.session.model.tokenizer.encode(text, add_special_tokens=False).ids

@@ -210,3 +210,25 @@ def test_scorer_selection(session: AskSession, monkeypatch: pytest.MonkeyPatch) 
     assert session._focuser("default").name == "bm25", "no LensNet weights: BM25"
     with pytest.raises(MegaContextError, match="no LensNet weights"):
         session._focuser("lensnet")
+
+
+@pytest.mark.model
+def test_definitions_pool_their_blocks_and_match_names(session: AskSession) -> None:
+    from megacontext.focus import Units
+
+    repo = session.repo
+    units = Units(repo)
+    blocks = repo.blocks()
+    scores = np.arange(len(blocks), dtype=float)
+    pooled = units.pool(scores)
+    for u in range(len(units.starts)):
+        members = units.of_block == u
+        assert (pooled[members] == scores[members].max()).all(), "a unit shares its best"
+        symbols = {repo.symbol[b] for b in blocks[members].tolist()}
+        assert len(symbols) == 1, "a unit is one definition"
+    share, rare = units.name_match("the length of a hypotenuse")
+    hyp = [i for i, b in enumerate(blocks.tolist())
+           if repo.symbol[b].endswith("hypotenuse_length")]
+    assert hyp and (share[hyp] == 1.0).all() and (rare[hyp] == rare.max()).all()
+    assert share.max() == 1.0 and (share[[i for i in range(len(blocks)) if i not in hyp]]
+                                   < 1.0).all()
