@@ -175,7 +175,7 @@ def relative_lexical(node_scores: np.ndarray) -> np.ndarray:
 
 
 class LensNetFocus:
-    """Refocus in rounds: LensNet rates the entries, the allocator edits them."""
+    """Refocus in rounds: LensNet rates the entries, the allocator descends on the ratings."""
 
     name = "lensnet"
 
@@ -237,8 +237,8 @@ class LensNetFocus:
                   ) -> np.ndarray:
         nodes, features, level, kind = self.features.arrays(entries, lexical)
         gists = self.session.gists
-        table = gists.table()
-        vectors = table[torch.from_numpy(gists.rows(nodes))].float()
+        rows = torch.from_numpy(gists.rows(nodes))  # first: it may read and grow the table
+        vectors = gists.table()[rows].float()
         with torch.no_grad():
             u = self.net(vectors[None], torch.from_numpy(features)[None],
                          torch.from_numpy(level)[None], torch.from_numpy(kind)[None],

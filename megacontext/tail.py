@@ -89,9 +89,10 @@ class Tail:
         used = sum(len(t.ids) for t, r in zip(self.turns, raw, strict=True) if r)
         gisted = [i for i in range(n) if not raw[i]]
         # Newest first: a turn stays raw while it fits beside the gists of everything older.
-        for i in reversed(gisted):
-            older = sum(_blocks(len(self.turns[j].ids)) for j in gisted if j < i)
-            if used + len(self.turns[i].ids) + older <= limit:
+        older = np.cumsum([0, *(_blocks(len(self.turns[j].ids)) for j in gisted)])
+        for k in reversed(range(len(gisted))):
+            i = gisted[k]
+            if used + len(self.turns[i].ids) + int(older[k]) <= limit:
                 raw[i] = True
                 used += len(self.turns[i].ids)
             else:
