@@ -3,9 +3,10 @@ the model reports findings (path, line, severity, message, optional replacement)
 
 One pass: diff → focus (the scorer reads the changed lines, so the changed code and the
 code it names come into full resolution) → assemble → findings decoded under a JSON schema
-(paths are the changed files, severities the three levels) → checks. A finding on a line
-the diff shows may become an inline comment; one elsewhere in a changed file is kept for
-the summary; one past the end of its file is dropped with a note.
+(each on a line the diff shows of a changed file; severities the three levels) → checks.
+A finding on a line the diff shows may become an inline comment; one elsewhere in a
+changed file (a policy not held to the schema) is kept for the summary; one past the end
+of its file, and one repeating an earlier finding's message, are dropped with a note.
 
 The change is untrusted input (a pull request's author wrote it): it reaches the model as
 data between markers, the prompt says to treat it so, the tools behind a review are none,
@@ -89,22 +90,27 @@ def review(session: AskSession, files: list[FileDiff], system: str, generate: Ge
 
 
 def findings_schema(files: list[FileDiff], config: ReviewConfig) -> dict:
-    """What the model may write: findings on the changed files, at most `max_findings`."""
-    finding = {
-        "type": "object",
-        "properties": {
-            "path": {"enum": [f.path for f in files]},
-            "line": {"type": "integer", "minimum": 1},
-            "severity": {"enum": list(SEVERITIES)},
-            # Bounded, so a model that repeats itself still closes its JSON.
-            "message": {"type": "string", "maxLength": 240},
-            "suggestion": {"type": "string", "maxLength": 240},
-        },
-        "required": ["path", "line", "severity", "message"],
-        "additionalProperties": False,
-    }
+    """What the model may write: at most `max_findings` findings, each on a line the diff
+    shows of a changed file (one alternative per file, its lines enumerated)."""
+    def finding(f: FileDiff) -> dict:
+        return {
+            "type": "object",
+            "properties": {
+                "path": {"const": f.path},
+                "line": {"enum": sorted(f.commentable())},
+                "severity": {"enum": list(SEVERITIES)},
+                # Bounded, so a model that repeats itself still closes its JSON.
+                "message": {"type": "string", "maxLength": 240},
+                "suggestion": {"type": "string", "maxLength": 240},
+            },
+            "required": ["path", "line", "severity", "message"],
+            "additionalProperties": False,
+        }
+
+    items = [finding(f) for f in files]
     return {"type": "object", "properties": {"findings": {
-        "type": "array", "items": finding, "maxItems": config.max_findings}},
+        "type": "array", "items": items[0] if len(items) == 1 else {"anyOf": items},
+        "maxItems": config.max_findings}},
         "required": ["findings"], "additionalProperties": False}
 
 
@@ -135,6 +141,7 @@ def _check(session: AskSession, text: str, result: ReviewResult) -> None:
         return
     shown = {f.path: f.commentable() for f in result.files}
     lengths = _line_counts(session, set(shown))
+    seen: set[str] = set()
     for item in items:
         path, line = item.get("path"), item.get("line")
         if path not in shown or not isinstance(line, int):
@@ -146,6 +153,12 @@ def _check(session: AskSession, text: str, result: ReviewResult) -> None:
             continue
         finding = Finding(path, line, item.get("severity", "info"),
                           str(item.get("message", "")).strip(), item.get("suggestion"))
+        said = " ".join(finding.message.lower().split())
+        if not said or said in seen:
+            result.dropped.append(f"{path}:{line}: " + (
+                "repeats an earlier finding" if said else "says nothing"))
+            continue
+        seen.add(said)
         result.findings.append(finding)
         if line in shown[path]:
             result.inline.append(finding)

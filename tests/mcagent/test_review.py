@@ -90,17 +90,24 @@ def test_review_keeps_findings_on_real_lines_and_marks_those_in_the_diff(
     assert result.dropped == ["report.py:99: past the end of the file (4 lines)"]
     assert result.worst() == "error"
     assert result.summary() == ("mcagent reviewed 2 file(s), 2 hunk(s): 1 error, 1 info.")
-    schema = model.schemas[0]["properties"]["findings"]["items"]["properties"]
-    assert schema["path"]["enum"] == ["calc.py", "report.py"]
+    options = model.schemas[0]["properties"]["findings"]["items"]["anyOf"]
+    assert [(o["properties"]["path"]["const"], o["properties"]["line"]["enum"])
+            for o in options] == [("calc.py", [3, 4, 5, 6]), ("report.py", [1, 2, 3, 4])]
     assert model.lengths[0] <= 1024
 
 
-def test_a_reply_that_is_not_findings_is_dropped_with_a_note(feature: Path,
-                                                            real_model: BaseModel) -> None:
+def test_a_reply_that_is_not_findings_and_repeats_are_dropped_with_a_note(
+        feature: Path, real_model: BaseModel) -> None:
     session = session_for(feature, real_model)
     files = diff.between(feature, "main", "feature")
     result = review(session, files, "system", Scripted("{oops"), ReviewConfig(budget=1024))
     assert result.findings == [] and result.dropped[0].startswith("the model's reply was not")
+    again = {"path": "calc.py", "line": 5, "severity": "error", "message": "Wrong  Mean."}
+    twice = {"findings": [{**again, "line": 4, "message": "wrong mean."}, again,
+                          {**again, "message": "  "}]}
+    result = review(session, files, "system", Scripted(twice), ReviewConfig(budget=1024))
+    assert [f.line for f in result.findings] == [4]
+    assert result.dropped == ["calc.py:5: repeats an earlier finding", "calc.py:5: says nothing"]
 
 
 def test_the_schema_lets_the_real_model_write_findings(feature: Path,
@@ -114,6 +121,7 @@ def test_the_schema_lets_the_real_model_write_findings(feature: Path,
                     model_policy(160), ReviewConfig(budget=768, max_findings=1))
     assert not any(d.startswith("the model's reply was not") for d in result.dropped), \
         result.dropped
+    assert all(f in result.inline for f in result.findings), "the schema holds lines to hunks"
     assert findings_schema(files, ReviewConfig())["properties"]["findings"]["maxItems"] == 5
 
 
