@@ -20,7 +20,8 @@ FIXTURES = Path(__file__).parent / "ingest" / "fixtures"
 
 def tiny_model(dim: int = 16, seed: int = 0, model_id: str = "tiny-bytes") -> BaseModel:
     """A byte-level tokenizer (one token per byte, no merges) and random embeddings."""
-    vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    # sorted: the alphabet comes as a set, whose order changes with every process
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     from tokenizers import decoders
