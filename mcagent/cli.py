@@ -509,8 +509,8 @@ def train_lensnet_command(
         "--out", help="Folder for repositories, labels and checkpoints.")] = Path("lensnet-run"),
     lib: Annotated[Path | None, typer.Option(
         help="The interpreter's standard library (Lib/); default: this Python's.")] = None,
-    repos: Annotated[int, typer.Option(min=2, help="Stdlib repositories (2 validate).")] = 14,
-    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 1500,
+    repos: Annotated[int, typer.Option(min=1, help="Stdlib repositories to train on.")] = 14,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 3000,
     seed: int = 0,
     export: Annotated[Path | None, typer.Option(
         help="Also write the weights here (NAME.safetensors and NAME.json).")] = None,

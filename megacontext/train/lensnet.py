@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections.abc import Callable
@@ -49,14 +50,15 @@ from megacontext.train.gistnet import _commit
 from megacontext.train.tasks import Task, mine_calls, mine_needles
 
 Progress = Callable[[str, int, int, dict[str, float]], None]  # (stage, done, total, metrics)
+# Held-out stdlib packages that validate LensNet during training (tasks only, no labels).
+VALIDATION = (("email",), ("http", "json", "wsgiref", "concurrent"))
 
 
 @dataclass(frozen=True)
 class LensTrainConfig:
     lib: Path  # the interpreter's Lib/ folder
     out: Path  # repositories, labels, checkpoints
-    repos: int = 14  # training repositories (the last `val_repos` validate)
-    val_repos: int = 2
+    repos: int = 14  # training repositories
     needles: int = 24  # per repository
     calls: int = 12
     gold_blocks: int = 8  # blocks of the gold function scored per task
@@ -66,8 +68,9 @@ class LensTrainConfig:
     target_tokens: int = 40
     budgets: tuple[int, ...] = (256, 1024, 2048)  # BM25-descent states per task
     coarse: tuple[int, ...] = (16, 128)  # coarse covers per task
-    steps: int = 2000
-    batch: int = 4
+    steps: int = 3000
+    batch: int = 8
+    eval_every: int = 250  # validate this often; the best validated weights are kept
     lr: float = 1e-3
     margin: float = 0.1  # nats/token a block must help by to be worth expanding
     rank_weight: float = 1.0
@@ -95,6 +98,13 @@ def training_repos(lib: Path, count: int) -> list[tuple[str, list[str]]]:
     groups = [(f"modules-{i // 16}", modules[i : i + 16]) for i in range(0, len(modules), 16)]
     mixed = [r for pair in zip(repos, groups, strict=False) for r in pair]
     return mixed[:count]
+
+
+def validation_repos(lib: Path) -> list[tuple[str, list[str]]]:
+    """Held-out stdlib packages (never trained on) as repositories, for early stopping."""
+    files = stdlib_files(lib, "holdout")
+    return [(f"holdout-{'-'.join(group)}", [f for f in files if f.split("/")[0] in group])
+            for group in VALIDATION]
 
 
 def prepare_repo(config: LensTrainConfig, name: str, files: list[str], model: BaseModel,
@@ -323,27 +333,29 @@ def loss_fn(u: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, margin: f
 
 def train_lensnet(config: LensTrainConfig, model: BaseModel, gist_model: GistModel,
                   progress: Progress, weights_out: Path | None = None) -> dict:
-    """The whole pipeline: repositories → tasks → labels → states → fit → evaluate → save.
-    Every stage resumes from what `config.out` already holds."""
+    """The whole pipeline: repositories → tasks → labels → states → fit (kept at its best
+    validation) → evaluate → save. Every stage resumes from what `config.out` holds."""
     torch.manual_seed(config.seed)
     config.out.mkdir(parents=True, exist_ok=True)
     repos = training_repos(config.lib, config.repos)
     data = [load_repo(config, r, name, files, model, gist_model, progress)
             for r, (name, files) in enumerate(repos)]
-    train_ids = range(len(data) - config.val_repos)
-    states = [s for r in train_ids for s in make_states(data[r], r, config)]
-    net, history = fit(config, states, data, model, progress)
-    evaluation = {f"val_{k}": v for k, v in evaluate(net, data[len(train_ids):]).items()}
+    held = validation_repos(config.lib)
+    val = [load_repo(config, 1000 + r, name, files, model, gist_model, progress, labels=False)
+           for r, (name, files) in enumerate(held)]
+    states = [s for r in range(len(data)) for s in make_states(data[r], r, config)]
+    net, history, validation = fit(config, states, data, val, model, progress)
+    evaluation = {f"val_{k}": v for k, v in evaluate(net, val).items()}
     evaluation.update({f"train_{k}": v for k, v in evaluate(net, data[:2]).items()})
     manifest = {
         "base_model": model.id, "gist_model": getattr(gist_model, "id", "?"),
-        "steps": config.steps, "seed": config.seed, "commit": _commit(),
-        "data": {"repositories": [n for n, _ in repos], "validation": [
-            n for n, _ in repos[len(train_ids):]], "tasks": sum(len(d.tasks) for d in data),
-            "states": len(states), "rule": "Python standard library only, held-out "
-                                           "packages excluded"},
+        "steps": validation["best_step"], "seed": config.seed, "commit": _commit(),
+        "data": {"repositories": [n for n, _ in repos], "validation": [n for n, _ in held],
+                 "tasks": sum(len(d.tasks) for d in data), "states": len(states),
+                 "rule": "Python standard library only; held-out packages validate"},
         "train": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "loss_curve": history[:: max(1, len(history) // 100)],
+        "validation_curve": validation["curve"],
         "evaluation": evaluation,
     }
     if weights_out is not None:
@@ -353,27 +365,29 @@ def train_lensnet(config: LensTrainConfig, model: BaseModel, gist_model: GistMod
 
 
 def load_repo(config: LensTrainConfig, r: int, name: str, files: list[str], model: BaseModel,
-              gist_model: GistModel, progress: Progress) -> RepoData:
-    """One training repository, indexed, with its tasks and labels (made if missing)."""
+              gist_model: GistModel, progress: Progress, labels: bool = True) -> RepoData:
+    """One repository, indexed, with its tasks and (for training) labels, made if missing."""
     root, tasks = prepare_repo(config, name, files, model, gist_model, config.seed + r)
     with Store.open(db_path(root), read_only=True) as store:
         session = AskSession(store, model, name, AskConfig(focus="bm25"))
-    labels = make_labels(session, tasks, config.out / "repos" / f"{name}.labels.jsonl",
-                         config, lambda i, n: progress(f"labels {name}", i, n, {}))
+    made = make_labels(session, tasks, config.out / "repos" / f"{name}.labels.jsonl", config,
+                       lambda i, n: progress(f"labels {name}", i, n, {})) if labels else []
     untrained = LensNet(LensNetConfig(dim=model.dim, **config.net), model.token_norm)
-    progress("repositories", r + 1, config.repos, {"tasks": float(len(tasks))})
-    return RepoData(session, tasks, labels, LensNetFocus(session, untrained))
+    progress("repositories", r % 1000 + 1, config.repos, {"tasks": float(len(tasks))})
+    return RepoData(session, tasks, made, LensNetFocus(session, untrained))
 
 
-def fit(config: LensTrainConfig, states: list[State], data: list[RepoData], model: BaseModel,
-        progress: Progress) -> tuple[LensNet, list[dict[str, float]]]:
-    """AdamW with warm-up and linear decay over seeded batches of states."""
+def fit(config: LensTrainConfig, states: list[State], data: list[RepoData],
+        val: list[RepoData], model: BaseModel, progress: Progress
+        ) -> tuple[LensNet, list[dict[str, float]], dict]:
+    """AdamW with warm-up and linear decay over seeded batches of states; validated every
+    `eval_every` steps (gold recall at 2048 on held-out packages), ending with the best."""
     net = LensNet(LensNetConfig(dim=model.dim, **config.net), model.token_norm)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=0.01)
     rng = np.random.default_rng(config.seed)
-    history = []
-    net.train()
+    history, curve, best = [], [], (-1.0, 0, None)
     for step in range(config.steps):
+        net.train()
         lr = config.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * (1 - step / config.steps))
         for g in optimizer.param_groups:
             g["lr"] = lr
@@ -386,21 +400,31 @@ def fit(config: LensTrainConfig, states: list[State], data: list[RepoData], mode
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         optimizer.step()
         history.append({"step": step + 1, **metrics})
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            net.eval()
+            recall = evaluate(net, val, budgets=(2048,), scorers=("lensnet",))
+            score = recall["recall_lensnet_2048"]
+            curve.append({"step": step + 1, "recall_2048": score})
+            if score > best[0]:
+                best = (score, step + 1, copy.deepcopy(net.state_dict()))
+            metrics = {**metrics, "val_recall_2048": score}
         progress("train", step + 1, config.steps, metrics)
+    net.load_state_dict(best[2])
     net.eval().requires_grad_(False)
-    return net, history
+    return net, history, {"best_step": best[1], "curve": curve}
 
 
-def evaluate(net: LensNet, data: list[RepoData], budgets: tuple[int, ...] = (1024, 2048)
-             ) -> dict[str, float]:
+def evaluate(net: LensNet, data: list[RepoData], budgets: tuple[int, ...] = (1024, 2048),
+             scorers: tuple[str, ...] = ("lensnet", "bm25")) -> dict[str, float]:
     """Gold recall (every block of the gold function raw) of LensNet and BM25 focus."""
     out: dict[str, float] = {}
     for budget in budgets:
-        hits = {"lensnet": 0, "bm25": 0}
+        hits = dict.fromkeys(scorers, 0)
         n = 0
         for d in data:
             d.focus.net = net
             focus = {"lensnet": d.focus, "bm25": d.session.focuser}
+            focus = {k: v for k, v in focus.items() if k in scorers}
             for task in d.tasks:
                 gold = set(gold_blocks(d.session, task).tolist())
                 if not gold:
