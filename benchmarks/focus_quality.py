@@ -129,11 +129,10 @@ def write(rows: list[dict], sizes: dict, args: argparse.Namespace, machine_text:
     import matplotlib.pyplot as plt
 
     scorers = [s for s in SCORERS if any(r["scorer"] == s for r in rows)]
-    tasks = len({(r["package"], r["task"]) for r in rows if r["scorer"] == scorers[0]
-                 and r["budget"] == BUDGETS[0]})
-
     def pick(scorer: str, budget: int) -> list[dict]:
         return [r for r in rows if r["scorer"] == scorer and r["budget"] == budget]
+
+    tasks = len(pick(scorers[0], BUDGETS[0]))
 
     lines = [
         "# Focus quality: is the needle function held at full resolution?", "",

@@ -25,6 +25,7 @@ data, steps, seed, loss curve, commit).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -269,7 +270,8 @@ def load_lensnet(weights: Path) -> tuple[LensNet, dict]:
     net = LensNet(LensNetConfig(**manifest["config"]), manifest["token_norm"])
     net.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
     net.eval().requires_grad_(False)
-    net.id = f"lensnet-{weights.stem.rsplit('-', 1)[-1]}:{manifest.get('steps', 0)}"
+    digest = hashlib.blake2b(weights.read_bytes(), digest_size=4).hexdigest()
+    net.id = f"lensnet-{digest}"  # named by content: a new version gets a new name
     return net, manifest
 
 
@@ -286,7 +288,8 @@ def default_focus(base_id: str) -> tuple[str, str]:
     manifest = json.loads(weights.with_suffix(".json").read_text())
     val = manifest.get("evaluation", {})
     recall = val.get("val_recall_lensnet_2048")
-    return "lensnet", (f"lensnet {weights.stem} ({manifest.get('steps', '?')} steps"
+    digest = hashlib.blake2b(weights.read_bytes(), digest_size=4).hexdigest()
+    return "lensnet", (f"lensnet-{digest} ({manifest.get('steps', '?')} steps"
                        + (f", held-out stdlib recall@2048 {recall:.2f}" if recall is not None
                           else "") + ")")
 
