@@ -338,11 +338,11 @@ def train_lensnet(config: LensTrainConfig, model: BaseModel, gist_model: GistMod
     torch.manual_seed(config.seed)
     config.out.mkdir(parents=True, exist_ok=True)
     repos = training_repos(config.lib, config.repos)
-    data = [load_repo(config, r, name, files, model, gist_model, progress)
+    data = [load_repo(config, name, files, config.seed + r, model, gist_model, progress)
             for r, (name, files) in enumerate(repos)]
     held = validation_repos(config.lib)
-    val = [load_repo(config, 1000 + r, name, files, model, gist_model, progress, labels=False)
-           for r, (name, files) in enumerate(held)]
+    val = [load_repo(config, name, files, config.seed + 1000 + r, model, gist_model, progress,
+                     labels=False) for r, (name, files) in enumerate(held)]
     states = [s for r in range(len(data)) for s in make_states(data[r], r, config)]
     net, history, validation = fit(config, states, data, val, model, progress)
     evaluation = {f"val_{k}": v for k, v in evaluate(net, val).items()}
@@ -364,16 +364,18 @@ def train_lensnet(config: LensTrainConfig, model: BaseModel, gist_model: GistMod
     return manifest
 
 
-def load_repo(config: LensTrainConfig, r: int, name: str, files: list[str], model: BaseModel,
-              gist_model: GistModel, progress: Progress, labels: bool = True) -> RepoData:
-    """One repository, indexed, with its tasks and (for training) labels, made if missing."""
-    root, tasks = prepare_repo(config, name, files, model, gist_model, config.seed + r)
+def load_repo(config: LensTrainConfig, name: str, files: list[str], seed: int,
+              model: BaseModel, gist_model: GistModel, progress: Progress, labels: bool = True
+              ) -> RepoData:
+    """One repository, indexed, with its tasks (mined with `seed`) and, for training, its
+    labels, made if missing."""
+    root, tasks = prepare_repo(config, name, files, model, gist_model, seed)
     with Store.open(db_path(root), read_only=True) as store:
         session = AskSession(store, model, name, AskConfig(focus="bm25"))
     made = make_labels(session, tasks, config.out / "repos" / f"{name}.labels.jsonl", config,
                        lambda i, n: progress(f"labels {name}", i, n, {})) if labels else []
     untrained = LensNet(LensNetConfig(dim=model.dim, **config.net), model.token_norm)
-    progress("repositories", r % 1000 + 1, config.repos, {"tasks": float(len(tasks))})
+    progress(f"repository {name}", 1, 1, {"tasks": float(len(tasks))})
     return RepoData(session, tasks, made, LensNetFocus(session, untrained))
 
 
