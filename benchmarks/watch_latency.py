@@ -11,9 +11,12 @@ A git repository of real code (standard-library files up to 24 KB), watched by
   the new one; one edit at a time, `--edits` of them, on different files. Target p95 ≤ 1 s.
 - *branch switch*: `git checkout` of a branch where the `--switch` files are replaced by as
   many other files (third-party code: all deleted and added, every gist new), timed from
-  the checkout to the moment a reader sees the new branch; tokens/s against `mcagent index`
-  run cold on the same new files in this process (the baseline). Target: the switch's rate
-  ≥ the cold rate.
+  the checkout to the moment a reader sees the new branch; tokens/s against a cold
+  `mcagent index` of the same new files, run as a user runs it and timed end to end (process
+  start to exit, as `index_speed.py` times a cold index), once before the watcher starts and
+  once after the switch (the baseline is their mean; the machine drifts). Target: the
+  switch's rate ≥ the cold rate. The model-loaded rate (`index`'s own seconds, the same
+  code path as the watcher's update) is reported beside it.
 
 Writes benchmarks/results/watch_latency.md.
 """
@@ -36,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -118,6 +122,29 @@ def wait_visible(repo: Path, done: Callable[[dict[str, bytes]], bool], timeout: 
     return False
 
 
+class Cold(NamedTuple):
+    files: int
+    tokens: int
+    seconds: float  # end to end: process start to exit
+    index_seconds: float  # the index run itself, model loaded
+
+
+def cold_index(work: Path, files: list[Path], top: Path, name: str) -> Cold:
+    """`mcagent index --json` on a fresh repository of `files`, as a user runs it."""
+    repo = work / name
+    (repo / "src").mkdir(parents=True)
+    for p in files:
+        shutil.copy(p, repo / "src" / flat_name(top, p))
+    git(repo, "init", "-q")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "mcagent", "index", str(repo), "--json"],
+                          cwd=ROOT, check=True, capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    report = json.loads(done.stdout)
+    shutil.rmtree(repo, ignore_errors=True)
+    return Cold(report["files"], report["tokens_processed"], seconds, report["seconds"])
+
+
 def stored_hashes(repo: Path) -> dict[str, bytes]:
     from megacontext.store import Store, db_path
 
@@ -130,8 +157,6 @@ def main() -> None:
 
     from benchmarks.index_speed import machine
     from megacontext.adapter import ModelConfig, load_base_model
-    from megacontext.gistnet import default_gist_model
-    from megacontext.indexer import index_repository
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--edits", type=int, default=200)
@@ -162,6 +187,8 @@ def main() -> None:
     git(repo, "commit", "-qm", "second")
     git(repo, "checkout", "-q", "main")
 
+    colds = [cold_index(work, second, site, "cold-before")]
+    print(f"cold index: {colds[0].seconds:.1f} s end to end", flush=True)
     watch = Watch(repo)
     ready = watch.wait_for("ready")
     print(f"watching: {ready['files']} files indexed in {ready['seconds']:.1f} s", flush=True)
@@ -212,23 +239,21 @@ def main() -> None:
     update = {k: sum(u[k] for u in updates) for k in ("paths", "new", "deleted", "tokens")}
     update["batches"] = len(updates)
 
-    # baseline: a cold index of the same new files, in this process
-    cold_repo = work / "cold"
-    (cold_repo / "src").mkdir(parents=True)
-    for p in second:
-        shutil.copy(p, cold_repo / "src" / flat_name(site, p))
-    git(cold_repo, "init", "-q")
-    cold = index_repository(cold_repo, model, default_gist_model(model))
+    update["update_seconds"] = sum(u["update_seconds"] for u in updates)
+    colds.append(cold_index(work, second, site, "cold-after"))
     shutil.rmtree(work, ignore_errors=True)
-    write(args, latencies, tokens, switch_seconds, update, cold, machine())
+    write(args, latencies, tokens, switch_seconds, update, colds, machine())
 
 
 def write(args, latencies: list[float], tokens: list[int], switch_seconds: float,
-          update: dict, cold, machine_text: str) -> None:
+          update: dict, colds: list[Cold], machine_text: str) -> None:
     ms = sorted(x * 1e3 for x in latencies)
     p50, p95 = statistics.median(ms), ms[min(len(ms) - 1, round(0.95 * len(ms)) - 1)]
     switch_rate = update["tokens"] / switch_seconds
-    cold_rate = cold.tokens_per_second
+    cold_seconds = statistics.mean(c.seconds for c in colds)
+    loaded_seconds = statistics.mean(c.index_seconds for c in colds)
+    cold_rate, loaded_rate = colds[0].tokens / cold_seconds, colds[0].tokens / loaded_seconds
+    own_rate = update["tokens"] / update["update_seconds"]
     lines = [
         "# Watch latency: save → visible to a reader, and a branch switch", "",
         f"Machine: {machine_text}. {time.strftime('%Y-%m-%d')}. Produced by "
@@ -247,17 +272,29 @@ def write(args, latencies: list[float], tokens: list[int], switch_seconds: float
         "## Branch switch", "",
         f"`git checkout` to a branch where {args.switch} files are deleted and {args.switch} "
         "other files added (every gist new). Timed from the checkout to the first read that "
-        "sees every new file; the baseline is a cold `index` of the same new files.", "",
+        "sees every new file. The baseline is `mcagent index` of the same new files in a "
+        "fresh repository, run as a user runs it and timed end to end (process start to "
+        "exit, as `index_speed.py` times a cold index): once before the watcher started and "
+        "once after the switch, averaged.", "",
         "| | files | tokens | seconds | tokens/s |",
         "|---|---|---|---|---|",
-        f"| branch switch via watch ({update['batches']} batch(es), {update['paths']} paths) "
-        f"| {update['new']} "
+        f"| branch switch via watch ({update['batches']} batch(es), {update['paths']} paths), "
+        f"checkout → visible | {update['new']} "
         f"new, {update['deleted']} deleted | {update['tokens']:,} | {switch_seconds:.1f} | "
         f"**{switch_rate:,.0f}** |",
-        f"| cold index (baseline) | {cold.files} | {cold.tokens_processed:,} | "
-        f"{cold.seconds:.1f} | {cold_rate:,.0f} |", "",
+        f"| cold `mcagent index`, end to end (baseline; runs: "
+        f"{', '.join(f'{c.seconds:.1f}' for c in colds)} s) | {colds[0].files} | "
+        f"{colds[0].tokens:,} | {cold_seconds:.1f} | {cold_rate:,.0f} |",
+        f"| *for reference:* the watcher's update alone | | | {update['update_seconds']:.1f} "
+        f"| {own_rate:,.0f} |",
+        f"| *for reference:* the cold index with its model loaded (its own seconds) | | | "
+        f"{loaded_seconds:.1f} | {loaded_rate:,.0f} |", "",
         f"Switch rate / cold rate: **{switch_rate / cold_rate:.2f}×** (target ≥ 1: "
         f"{'met' if switch_rate >= cold_rate else '**not met**'}).", "",
+        f"Against the cold index's own seconds, with its model already loaded, the switch is "
+        f"{switch_rate / loaded_rate:.2f}×: the watcher's update is the index's own "
+        "incremental update (one code path), so what it saves is starting a process and "
+        "loading the models, not gisting.", "",
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines))
