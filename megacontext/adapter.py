@@ -13,6 +13,7 @@ rest of the network; `causal_lm()` loads the whole model on first use.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata as metadata
 import json
@@ -476,6 +477,7 @@ class SentenceEncoder:
         return result
 
 
+@functools.cache
 def load_sentence_encoder() -> SentenceEncoder:
     """The dense baseline's encoder, from the installed wheel (never downloaded)."""
     try:

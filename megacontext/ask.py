@@ -10,6 +10,7 @@ import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from megacontext.allocator import AllocatorConfig, Entry
 from megacontext.bm25 import BM25Config, BM25Scorer
 from megacontext.errors import MegaContextError
 from megacontext.focus import (
+    DENSE_CACHE,
     BlockFocus,
     DenseScorer,
     Focus,
@@ -134,8 +136,9 @@ class AskSession:
             return LensNetFocus(self, default_lensnet(self.model))
         texts = block_texts(repo, self.file_tokens, self.model.tokenizer.decode)
         if name == "dense":
-            return BlockFocus(name, repo, DenseScorer(repo, texts, load_sentence_encoder()),
-                              allocator)
+            cache = Path(self.store.path).parent / DENSE_CACHE
+            dense = DenseScorer(repo, texts, load_sentence_encoder(), cache)
+            return BlockFocus(name, repo, dense, allocator)
         return BlockFocus(name, repo, RepoMapScorer(repo, texts), allocator)
 
     def entries(self, entries: list[Entry]) -> Entries:

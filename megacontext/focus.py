@@ -21,9 +21,11 @@ with the median and best over blocks.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -168,18 +170,57 @@ def block_utilities(repo: RepoTree, blocks: np.ndarray, levels: list,
 # ---------------------------------------------------------------- dense
 
 
+DENSE_CACHE = "dense-vectors.npz"  # beside the index: block vectors by content address
+
+
 class DenseScorer:
     """Cosine similarity of sentence embeddings (all-MiniLM-L6-v2): every block's text is
-    embedded once, when the scorer is made."""
+    embedded once, when the scorer is made, and kept in `cache` (when given) by the block's
+    content address, so the next session embeds only the blocks that changed."""
 
     def __init__(self, repo: RepoTree, texts: list[str],
-                 encode: Callable[[list[str]], np.ndarray]) -> None:
+                 encode: Callable[[list[str]], np.ndarray], cache: Path | None = None) -> None:
         self.encode = encode
-        self.vectors = encode(texts) if texts else np.zeros((0, 1), np.float32)
+        if cache is None:
+            self.vectors = encode(texts) if texts else np.zeros((0, 1), np.float32)
+        else:
+            keys = [repo.gist_key[n] for n in repo.blocks().tolist()]
+            self.vectors = cached_vectors(cache, keys, texts, encode)
 
     def block_scores(self, text: str) -> np.ndarray:
         q = self.encode([text])[0]
         return self.vectors @ q
+
+
+def cached_vectors(cache: Path, keys: list[bytes], texts: list[str],
+                   encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """(n, d) vectors of `texts`, those of known keys read from `cache`, the others encoded;
+    the cache is rewritten (atomically) with exactly these keys when any was missing. A
+    cache that cannot be read is recomputed."""
+    known: dict[bytes, np.ndarray] = {}
+    try:
+        with np.load(cache) as data:
+            known = dict(zip(map(bytes, data["keys"]), data["vectors"], strict=True))
+    except (OSError, ValueError, KeyError):
+        pass
+    missing = [i for i, k in enumerate(keys) if k not in known]
+    if not missing and keys:
+        return np.stack([known[k] for k in keys]).astype(np.float32)
+    new = encode([texts[i] for i in missing]) if missing else np.zeros((0, 1), np.float32)
+    new = new.astype(np.float16)  # as the cache keeps them: the next session agrees
+    known.update(zip((keys[i] for i in missing), new, strict=True))
+    if not keys:
+        return np.zeros((0, new.shape[1]), np.float32)
+    vectors = np.stack([known[k] for k in keys]).astype(np.float32)
+    try:
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        with tmp.open("wb") as f:
+            np.savez(f, keys=np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), -1),
+                     vectors=vectors.astype(np.float16))
+        os.replace(tmp, cache)
+    except (OSError, ValueError):  # read-only, or keys of unequal lengths
+        pass  # the vectors are still right, only not kept
+    return vectors
 
 
 # ---------------------------------------------------------------- repomap
@@ -238,6 +279,70 @@ class RepoMapScorer:
             spread = np.bincount(self.dst, weights=rank[self.src] * self.w, minlength=self.n)
             rank = self.damping * (spread + rank[self.dangling].sum() * p) + (1 - self.damping) * p
         return rank[self.block_def]
+
+
+# ---------------------------------------------------------------- definitions by their words
+
+
+STOP_WORDS = frozenset({"the", "of", "an", "to", "and", "or", "in", "is", "for", "if", "be", "by",
+                        "this", "that", "it", "with", "as", "on", "are", "from", "return",
+                        "returns"})
+
+
+def stem(word: str) -> str:
+    """A light suffix strip, so `parses`, `parsed` and `parsing` meet at `pars`."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+class UnitWords:
+    """Okapi BM25 over definitions (`Units`), their terms the stemmed words of identifiers
+    and prose (`words`): `parse_header` matches "parses a header" — which the block-level
+    BM25 over the base model's sub-word tokens misses, and a definition is matched whole."""
+
+    def __init__(self, units: Units, texts: list[str], k1: float = 1.2, b: float = 0.75
+                 ) -> None:
+        self.units, self.k1 = units, k1
+        per_unit: list[list[str]] = [[] for _ in range(len(units.starts))]
+        for block, text in enumerate(texts):
+            per_unit[int(units.of_block[block])].append(text)
+        vocabulary: dict[str, int] = {}
+        rows, cols, counts = [], [], []
+        lengths = np.zeros(len(per_unit))
+        for u, parts in enumerate(per_unit):
+            terms: dict[int, int] = {}
+            for w in words(" ".join(parts)):
+                t = vocabulary.setdefault(stem(w), len(vocabulary))
+                terms[t] = terms.get(t, 0) + 1
+            lengths[u] = sum(terms.values())
+            rows.extend([u] * len(terms))
+            cols.extend(terms)
+            counts.extend(terms.values())
+        self.vocabulary = vocabulary
+        # Postings grouped by term: the units and term frequencies of every term.
+        cols_a = np.array(cols, np.int64)
+        order = np.argsort(cols_a, kind="stable")
+        self.unit_of = np.array(rows, np.int64)[order]
+        self.tf = np.array(counts, np.float64)[order]
+        self.term_start = np.concatenate(([0], np.cumsum(np.bincount(
+            cols_a, minlength=len(vocabulary)))))
+        df = np.diff(self.term_start)
+        n = max(len(per_unit), 1)
+        self.idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+        mean = lengths.mean() if len(lengths) and lengths.mean() > 0 else 1.0
+        self.norm = k1 * (1 - b + b * lengths / mean)
+
+    def block_scores(self, text: str) -> np.ndarray:
+        """(n_blocks,) every block's definition's score for the text."""
+        scores = np.zeros(len(self.units.starts))
+        said = {stem(w) for w in words(text)} - STOP_WORDS
+        for t in (self.vocabulary[w] for w in said if w in self.vocabulary):
+            lo, hi = self.term_start[t], self.term_start[t + 1]
+            units, tf = self.unit_of[lo:hi], self.tf[lo:hi]
+            scores[units] += self.idf[t] * tf * (self.k1 + 1) / (tf + self.norm[units])
+        return scores[self.units.of_block]
 
 
 def words(text: str) -> list[str]:

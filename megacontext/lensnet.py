@@ -1,11 +1,12 @@
 """LensNet (DESIGN.md §3): a learned focus scorer that rates the working context's entries.
 
 Input: the entries (a gist stands for itself; a raw entry for the gist of its block), their
-features (level, kind, token count, position, and two matches with the tail: the best BM25
-score under the entry relative to the best in the repository, and how well the name of a
-definition under it matches: the share of its words the tail says, and their rarity), and
-the tail (the
-question and recent turns, as the base model's own input embeddings). Two rounds of dual
+features (level, kind, token count, position, and its matches with the tail, each the best
+of a definition under the entry: BM25 over the base model's tokens relative to the best in
+the repository; how well the definition's name matches — the share of its words the tail
+says, and their rarity; BM25 over the definition's stemmed words; and the sentence-embedding
+similarity of all-MiniLM-L6-v2 with a flag saying whether it was computed), and the tail
+(the question and recent turns, as the base model's own input embeddings). Two rounds of dual
 cross-attention — the tail reads the entries, then the entries read the enriched tail —
 without masks of order (non-causal), then one signed utility per entry: positive = expand
 it, negative = it may collapse. Entries carry no position but their feature, so permuting
@@ -28,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,7 +42,15 @@ from torch import nn
 from megacontext.adapter import BaseModel
 from megacontext.allocator import AllocatorConfig, Entry, cold_start, descend
 from megacontext.errors import MegaContextError
-from megacontext.focus import Units, node_scores
+from megacontext.focus import (
+    DENSE_CACHE,
+    DenseScorer,
+    Units,
+    UnitWords,
+    block_texts,
+    block_utilities,
+    node_scores,
+)
 from megacontext.gistnet import shipped_weights
 from megacontext.repo_tree import RepoTree
 
@@ -51,7 +61,10 @@ KINDS = ("folder", "code", "docs", "other")
 DOC_SUFFIXES = (".md", ".rst", ".txt", ".adoc")
 CODE_SUFFIXES = (".py", ".pyi", ".js", ".jsx", ".ts", ".tsx", ".go", ".rs", ".java", ".c", ".h",
                  ".cc", ".cpp", ".hpp", ".rb", ".sh")
-N_FEATURES = 7
+N_FEATURES = 10  # raw, log tokens, position, bm25, bm25², name share, name rarity, words,
+# dense, dense computed (weights trained with fewer read the first ones)
+DENSE_FEATURES = slice(8, 10)  # the dense similarity and its flag
+DENSE_BLOCKS = 40_000  # more blocks than this and the dense feature is left out (its flag 0)
 MAX_LEVEL = 7  # level embeddings: 0 = raw, 1..7 (higher levels share 7)
 MAX_ROUNDS = 24  # rounds of rating and descending (a tree is rarely deeper than 12)
 UNRATED = -1e9  # every rated node may expand, best first, while it fits
@@ -65,6 +78,7 @@ class LensNetConfig:
     heads: int = 4
     ffn: int = 512
     max_tail: int = 256  # tail tokens read (the latest)
+    features: int = 7  # entry features read (the first ones of `N_FEATURES`)
 
 
 class _Cross(nn.Module):
@@ -95,7 +109,7 @@ class LensNet(nn.Module):
         c = self.config = config
         self.token_norm = float(token_norm)
         self.entry_in = nn.Linear(c.dim, c.width)
-        self.feature_in = nn.Sequential(nn.Linear(N_FEATURES, c.width), nn.GELU(),
+        self.feature_in = nn.Sequential(nn.Linear(c.features, c.width), nn.GELU(),
                                         nn.Linear(c.width, c.width))
         self.level = nn.Embedding(MAX_LEVEL + 1, c.width)
         self.kind = nn.Embedding(len(KINDS), c.width)
@@ -145,15 +159,15 @@ class EntryFeatures:
 
     def arrays(self, entries: list[Entry], lexical: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """nodes, (E, F) features, levels, kinds. `lexical` is (N, 2): the text's matches
-        with every node (`LensNetFocus.lexical`)."""
+        """nodes, (E, N_FEATURES) features, levels, kinds. `lexical` is (N, 6): the text's
+        matches with every node (`LensNetFocus.lexical`)."""
         nodes = np.fromiter((e.node for e in entries), np.int64, len(entries))
         raw = np.fromiter((e.raw for e in entries), bool, len(entries))
         position = np.arange(len(entries)) / max(len(entries) - 1, 1)
         lex = lexical[nodes]
-        features = np.stack([raw.astype(np.float64), self.log_tokens[nodes], position,
-                             lex[:, 0], lex[:, 0] ** 2, lex[:, 1], lex[:, 2]], 1
-                            ).astype(np.float32)
+        features = np.concatenate([np.stack([raw.astype(np.float64), self.log_tokens[nodes],
+                                             position, lex[:, 0], lex[:, 0] ** 2], 1),
+                                   lex[:, 1:]], 1).astype(np.float32)
         level = np.where(raw, 0, self.repo.level[nodes]).astype(np.int64)
         return nodes, features, level, self.kind[nodes]
 
@@ -181,27 +195,55 @@ class LensNetFocus:
     name = "lensnet"
 
     def __init__(self, session: AskSession, net: LensNet,
-                 allocator: AllocatorConfig | None = None) -> None:
+                 allocator: AllocatorConfig | None = None,
+                 encoder: Callable[[list[str]], np.ndarray] | None = None) -> None:
+        """`encoder`: the sentence encoder for the dense feature (default: the installed
+        all-MiniLM-L6-v2, when the net reads it and the repository has at most
+        `DENSE_BLOCKS` blocks)."""
         from megacontext.bm25 import _levels
 
         self.session, self.net = session, net
         self.identity = net.id
         self.allocator = allocator or session.config.allocator
-        self.levels = _levels(session.repo)
-        self.features = EntryFeatures(session.repo, self.levels)
-        self.units = Units(session.repo)
+        repo = session.repo
+        self.levels = _levels(repo)
+        self.features = EntryFeatures(repo, self.levels)
+        self.units = Units(repo)
+        self.words: UnitWords | None = None
+        self.dense: DenseScorer | None = None
+        if net.config.features > 7:
+            texts = block_texts(repo, session.file_tokens, session.model.tokenizer.decode)
+            self.words = UnitWords(self.units, texts)
+            if net.config.features > 8 and len(texts) <= DENSE_BLOCKS:
+                encoder = encoder or _installed_encoder()
+                if encoder is not None:
+                    cache = Path(session.store.path).parent / DENSE_CACHE
+                    self.dense = DenseScorer(repo, texts, encoder, cache)
 
     def lexical(self, text: str) -> np.ndarray:
-        """(N, 3) matches of the text with every node: the best BM25 score under it (a
-        block: its definition's best) relative to the best, and the best name match of a
-        definition under it (`Units.name_match`: share of its words, their rarity)."""
+        """(N, 6) matches of the text with every node, each the best of a definition under
+        it: BM25 relative to the best; the name match (`Units.name_match`: share of its
+        words, their rarity); BM25 over definitions' words (`UnitWords`), relative; the
+        dense similarity as a utility ((s − median) / (best − median)) and whether it was
+        computed. Features the net does not read are zeros."""
         repo = self.session.repo
         blocks = repo.blocks()
-        pooled = self.units.pool(self.session.scorer.block_scores(text))
-        bm25 = relative_lexical(node_scores(repo, blocks, self.levels, pooled))
+        out = np.zeros((repo.size, 6))
+
+        def up(block_values: np.ndarray) -> np.ndarray:
+            return node_scores(repo, blocks, self.levels, self.units.pool(block_values))
+
+        out[:, 0] = relative_lexical(up(self.session.scorer.block_scores(text)))
         share, rare = self.units.name_match(text)
-        return np.stack([bm25, node_scores(repo, blocks, self.levels, share),
-                         node_scores(repo, blocks, self.levels, rare)], 1)
+        out[:, 1] = node_scores(repo, blocks, self.levels, share)
+        out[:, 2] = node_scores(repo, blocks, self.levels, rare)
+        if self.words is not None:
+            out[:, 3] = relative_lexical(up(self.words.block_scores(text)))
+        if self.dense is not None and len(blocks):
+            out[:, 4] = block_utilities(repo, blocks, self.levels,
+                                        self.units.pool(self.dense.block_scores(text)))
+            out[:, 5] = 1.0
+        return out
 
     def tail(self, text: str) -> torch.Tensor:
         ids = self.session.model.tokenizer.encode(text, add_special_tokens=False).ids
@@ -237,6 +279,7 @@ class LensNetFocus:
     def utilities(self, entries: list[Entry], lexical: np.ndarray, tail: torch.Tensor
                   ) -> np.ndarray:
         nodes, features, level, kind = self.features.arrays(entries, lexical)
+        features = features[:, : self.net.config.features]
         gists = self.session.gists
         rows = torch.from_numpy(gists.rows(nodes))  # first: it may read and grow the table
         vectors = gists.table()[rows].float()
@@ -246,6 +289,16 @@ class LensNetFocus:
                          torch.ones(1, len(entries), dtype=torch.bool), tail,
                          torch.ones(1, tail.shape[1], dtype=torch.bool))
         return self.units.pool_entries(nodes, u[0].numpy().astype(np.float64))
+
+
+def _installed_encoder() -> Callable[[list[str]], np.ndarray] | None:
+    from megacontext.adapter import load_sentence_encoder
+    from megacontext.errors import ModelNotFound
+
+    try:
+        return load_sentence_encoder()
+    except ModelNotFound:
+        return None  # the dense feature's flag says it is missing
 
 
 # ---------------------------------------------------------------- weights

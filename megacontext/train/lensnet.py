@@ -39,6 +39,8 @@ from megacontext.focus import node_scores
 from megacontext.gist import GistModel
 from megacontext.indexer import IndexConfig, index_repository
 from megacontext.lensnet import (
+    DENSE_FEATURES,
+    N_FEATURES,
     LensNet,
     LensNetConfig,
     LensNetFocus,
@@ -74,6 +76,8 @@ class LensTrainConfig:
     lr: float = 1e-3
     margin: float = 0.1  # nats/token a block must help by to be worth expanding
     rank_weight: float = 1.0
+    dense_dropout: float = 0.25  # share of states trained without the dense feature (as
+    # on a repository too large to embed, or without the encoder installed)
     seed: int = 0
     net: dict = field(default_factory=dict)  # LensNetConfig overrides
 
@@ -374,9 +378,14 @@ def load_repo(config: LensTrainConfig, name: str, files: list[str], seed: int,
         session = AskSession(store, model, name, AskConfig(focus="bm25"))
     made = make_labels(session, tasks, config.out / "repos" / f"{name}.labels.jsonl", config,
                        lambda i, n: progress(f"labels {name}", i, n, {})) if labels else []
-    untrained = LensNet(LensNetConfig(dim=model.dim, **config.net), model.token_norm)
+    untrained = LensNet(net_config(config, model), model.token_norm)
     progress(f"repository {name}", 1, 1, {"tasks": float(len(tasks))})
     return RepoData(session, tasks, made, LensNetFocus(session, untrained))
+
+
+def net_config(config: LensTrainConfig, model: BaseModel) -> LensNetConfig:
+    """A new net reads every feature unless `config.net` says otherwise."""
+    return LensNetConfig(dim=model.dim, **{"features": N_FEATURES, **config.net})
 
 
 def fit(config: LensTrainConfig, states: list[State], data: list[RepoData],
@@ -384,7 +393,7 @@ def fit(config: LensTrainConfig, states: list[State], data: list[RepoData],
         ) -> tuple[LensNet, list[dict[str, float]], dict]:
     """AdamW with warm-up and linear decay over seeded batches of states; validated every
     `eval_every` steps (gold recall at 2048 on held-out packages), ending with the best."""
-    net = LensNet(LensNetConfig(dim=model.dim, **config.net), model.token_norm)
+    net = LensNet(net_config(config, model), model.token_norm)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=0.01)
     rng = np.random.default_rng(config.seed)
     history, curve, best = [], [], (-1.0, 0, None)
@@ -395,6 +404,8 @@ def fit(config: LensTrainConfig, states: list[State], data: list[RepoData],
             g["lr"] = lr
         picked = [states[i] for i in rng.choice(len(states), config.batch, replace=False)]
         *inputs, labels = batch_inputs(picked, data, model, net.config.max_tail)
+        dropped = torch.from_numpy(rng.random(len(picked)) < config.dense_dropout)
+        inputs[1][dropped, :, DENSE_FEATURES] = 0.0
         loss, metrics = loss_fn(net(*inputs), labels, inputs[4], config.margin,
                                 config.rank_weight)
         optimizer.zero_grad()

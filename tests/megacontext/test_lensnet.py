@@ -24,7 +24,8 @@ from megacontext.train.tasks import mine_calls, mine_needles
 
 def tiny_net(dim: int = 16, seed: int = 0) -> LensNet:
     torch.manual_seed(seed)
-    return LensNet(LensNetConfig(dim=dim, width=32, heads=4, ffn=64, max_tail=16), 1.0).eval()
+    return LensNet(LensNetConfig(dim=dim, width=32, heads=4, ffn=64, max_tail=16,
+                                 features=N_FEATURES), 1.0).eval()
 
 
 def inputs(B: int, E: int, T: int, dim: int = 16, seed: int = 0) -> list[torch.Tensor]:
@@ -168,13 +169,21 @@ def test_expanding_the_span_with_the_answer_lowers_the_targets_nll(session: AskS
     assert best_gold > max(d for n, d in delta.items() if n not in gold) + 0.3
 
 
+def _bag_of_letters(texts: list[str]) -> np.ndarray:
+    """A stand-in sentence encoder: unit vectors of letter counts."""
+    v = np.array([[t.lower().count(c) for c in "abcdefghijklmnopqrstuvwxyz"] for t in texts],
+                 np.float32) + 1e-3
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
 @pytest.mark.model
 @pytest.mark.parametrize("budget", [1, 12, 40, 100, 400])
 def test_lensnet_focus_keeps_the_allocator_invariants(session: AskSession, budget: int
                                                         ) -> None:
     torch.manual_seed(budget)
-    net = LensNet(LensNetConfig(dim=session.model.dim, width=32, heads=4, ffn=64), 1.0).eval()
-    focus = LensNetFocus(session, net)
+    net = LensNet(LensNetConfig(dim=session.model.dim, width=32, heads=4, ffn=64,
+                                features=N_FEATURES), 1.0).eval()
+    focus = LensNetFocus(session, net, encoder=_bag_of_letters)
     tree = session.repo.tree
     entries = focus.focus("Compute the length of the hypotenuse", budget, {})
     assert cost(entries, tree) <= budget
@@ -232,3 +241,64 @@ def test_definitions_pool_their_blocks_and_match_names(session: AskSession) -> N
     assert hyp and (share[hyp] == 1.0).all() and (rare[hyp] == rare.max()).all()
     assert share.max() == 1.0 and (share[[i for i in range(len(blocks)) if i not in hyp]]
                                    < 1.0).all()
+
+
+@pytest.mark.model
+def test_definition_words_match_stemmed_forms_of_the_whole_definition(session: AskSession
+                                                                       ) -> None:
+    from megacontext.focus import Units, UnitWords, block_texts
+
+    repo = session.repo
+    units = Units(repo)
+    texts = block_texts(repo, session.file_tokens, session.model.tokenizer.decode)
+    scores = UnitWords(units, texts).block_scores("lightens the colours by amounts")
+    symbol = [repo.symbol[b] for b in repo.blocks().tolist()]
+    best = {symbol[i] for i in np.flatnonzero(scores == scores.max())}
+    assert best == {"colors.lighten"}, "`lighten(color, amount)`: lightens, amounts"
+    assert (scores[[s.endswith("hypotenuse_length") for s in symbol]] == 0).all()
+    assert (UnitWords(units, texts).block_scores("the of and") == 0).all(), "stop words"
+
+
+def test_dense_vectors_are_cached_by_content_address(tmp_path: Path) -> None:
+    from megacontext.focus import cached_vectors
+
+    calls: list[list[str]] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        calls.append(texts)
+        return _bag_of_letters(texts)
+
+    cache = tmp_path / "dense.npz"
+    keys = [bytes([i]) * 15 + b"\0" for i in range(3)]  # a key may end in a zero byte
+    first = cached_vectors(cache, keys, ["abc", "xyz", "hello"], encode)
+    again = cached_vectors(cache, keys[::-1], ["hello", "xyz", "abc"], encode)
+    assert calls == [["abc", "xyz", "hello"]], "the second session encodes nothing"
+    np.testing.assert_array_equal(again, first[::-1])
+    new_key = b"\1" * 16
+    cached_vectors(cache, [keys[0], new_key], ["abc", "changed"], encode)
+    assert calls[-1] == ["changed"], "only the new block is encoded"
+    cache.write_bytes(b"not a cache")
+    np.testing.assert_array_equal(cached_vectors(cache, keys, ["abc", "xyz", "hello"], encode),
+                                  first)
+
+
+@pytest.mark.model
+def test_lexical_features_and_the_dense_flag(session: AskSession) -> None:
+    from megacontext.lensnet import DENSE_FEATURES
+
+    def net(features: int) -> LensNet:
+        return LensNet(LensNetConfig(dim=session.model.dim, width=32, heads=4, ffn=64,
+                                     features=features), 1.0).eval()
+
+    full = LensNetFocus(session, net(N_FEATURES), encoder=_bag_of_letters)
+    lexical = full.lexical("lighten a colour")
+    root = session.repo.tree.root
+    assert lexical[root, 5] == 1.0 and lexical[root, 3] == 1.0, "the root holds the best"
+    entries = full.focus("lighten a colour", 40, {})
+    _, features, _, _ = full.features.arrays(entries, lexical)
+    assert features.shape == (len(entries), N_FEATURES)
+    assert (features[:, DENSE_FEATURES.stop - 1] == 1.0).all()
+    old = LensNetFocus(session, net(7))  # weights trained on the first 7 features
+    assert old.dense is None and old.words is None
+    assert (old.lexical("lighten a colour")[:, 3:] == 0).all()
+    assert cost(old.focus("lighten a colour", 40, {}), session.repo.tree) <= 40
