@@ -305,21 +305,25 @@ class UnitWords:
     def __init__(self, units: Units, texts: list[str], k1: float = 1.2, b: float = 0.75
                  ) -> None:
         self.units, self.k1 = units, k1
-        per_unit: list[list[str]] = [[] for _ in range(len(units.starts))]
-        for block, text in enumerate(texts):
-            per_unit[int(units.of_block[block])].append(text)
+        n_units = len(units.starts)
+        # Identifiers repeat (`self`, `name`): split and stem each distinct one once.
+        found = [IDENTIFIER.findall(t) for t in texts]
+        codes: dict[str, int] = {}
+        occurrences = np.fromiter((codes.setdefault(x, len(codes)) for f in found for x in f),
+                                  np.int64)
+        unit_of = np.repeat(units.of_block[: len(texts)], [len(f) for f in found])
         vocabulary: dict[str, int] = {}
-        rows, cols, counts = [], [], []
-        lengths = np.zeros(len(per_unit))
-        for u, parts in enumerate(per_unit):
-            terms: dict[int, int] = {}
-            for w in words(" ".join(parts)):
-                t = vocabulary.setdefault(stem(w), len(vocabulary))
-                terms[t] = terms.get(t, 0) + 1
-            lengths[u] = sum(terms.values())
-            rows.extend([u] * len(terms))
-            cols.extend(terms)
-            counts.extend(terms.values())
+        split = [[vocabulary.setdefault(stem(w), len(vocabulary)) for w in words(x)]
+                 for x in codes]
+        n_words = np.array([len(w) for w in split], np.int64)
+        first = np.concatenate(([0], np.cumsum(n_words)))[:-1]
+        flat = np.fromiter((w for ws in split for w in ws), np.int64, int(n_words.sum()))
+        per = n_words[occurrences]  # words of each occurrence
+        at = np.repeat(first[occurrences] - np.cumsum(per) + per, per) + np.arange(per.sum())
+        pairs = np.repeat(unit_of, per) * max(len(vocabulary), 1) + flat[at]
+        keys, counts = np.unique(pairs, return_counts=True)
+        rows, cols = np.divmod(keys, max(len(vocabulary), 1))
+        lengths = np.bincount(rows, weights=counts, minlength=n_units)
         self.vocabulary = vocabulary
         # Postings grouped by term: the units and term frequencies of every term.
         cols_a = np.array(cols, np.int64)
@@ -329,7 +333,7 @@ class UnitWords:
         self.term_start = np.concatenate(([0], np.cumsum(np.bincount(
             cols_a, minlength=len(vocabulary)))))
         df = np.diff(self.term_start)
-        n = max(len(per_unit), 1)
+        n = max(n_units, 1)
         self.idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
         mean = lengths.mean() if len(lengths) and lengths.mean() > 0 else 1.0
         self.norm = k1 * (1 - b + b * lengths / mean)

@@ -62,9 +62,10 @@ DOC_SUFFIXES = (".md", ".rst", ".txt", ".adoc")
 CODE_SUFFIXES = (".py", ".pyi", ".js", ".jsx", ".ts", ".tsx", ".go", ".rs", ".java", ".c", ".h",
                  ".cc", ".cpp", ".hpp", ".rb", ".sh")
 N_FEATURES = 10  # raw, log tokens, position, bm25, bm25², name share, name rarity, words,
-# dense, dense computed (weights trained with fewer read the first ones)
-DENSE_FEATURES = slice(8, 10)  # the dense similarity and its flag
-DENSE_BLOCKS = 40_000  # more blocks than this and the dense feature is left out (its flag 0)
+# dense, and a flag: words and dense were computed (weights trained with fewer read the first)
+DEFINITION_FEATURES = slice(7, 10)  # words, dense, their flag
+DEFINITION_BLOCKS = 40_000  # a larger repository goes without them (their flag 0): embedding
+# every block costs about 1 s per 200 on a CPU, once (cached), and matching words ~2 s per 100k
 MAX_LEVEL = 7  # level embeddings: 0 = raw, 1..7 (higher levels share 7)
 MAX_ROUNDS = 24  # rounds of rating and descending (a tree is rarely deeper than 12)
 UNRATED = -1e9  # every rated node may expand, best first, while it fits
@@ -198,8 +199,8 @@ class LensNetFocus:
                  allocator: AllocatorConfig | None = None,
                  encoder: Callable[[list[str]], np.ndarray] | None = None) -> None:
         """`encoder`: the sentence encoder for the dense feature (default: the installed
-        all-MiniLM-L6-v2, when the net reads it and the repository has at most
-        `DENSE_BLOCKS` blocks)."""
+        all-MiniLM-L6-v2). The definition features are computed when the net reads them,
+        the repository has at most `DEFINITION_BLOCKS` blocks and an encoder is there."""
         from megacontext.bm25 import _levels
 
         self.session, self.net = session, net
@@ -211,21 +212,21 @@ class LensNetFocus:
         self.units = Units(repo)
         self.words: UnitWords | None = None
         self.dense: DenseScorer | None = None
-        if net.config.features > 7:
-            texts = block_texts(repo, session.file_tokens, session.model.tokenizer.decode)
-            self.words = UnitWords(self.units, texts)
-            if net.config.features > 8 and len(texts) <= DENSE_BLOCKS:
-                encoder = encoder or _installed_encoder()
-                if encoder is not None:
-                    cache = Path(session.store.path).parent / DENSE_CACHE
-                    self.dense = DenseScorer(repo, texts, encoder, cache)
+        if net.config.features > DEFINITION_FEATURES.start and (
+                len(repo.blocks()) <= DEFINITION_BLOCKS):
+            encoder = encoder or _installed_encoder()
+            if encoder is not None:
+                texts = block_texts(repo, session.file_tokens, session.model.tokenizer.decode)
+                self.words = UnitWords(self.units, texts)
+                cache = Path(session.store.path).parent / DENSE_CACHE
+                self.dense = DenseScorer(repo, texts, encoder, cache)
 
     def lexical(self, text: str) -> np.ndarray:
         """(N, 6) matches of the text with every node, each the best of a definition under
         it: BM25 relative to the best; the name match (`Units.name_match`: share of its
         words, their rarity); BM25 over definitions' words (`UnitWords`), relative; the
-        dense similarity as a utility ((s − median) / (best − median)) and whether it was
-        computed. Features the net does not read are zeros."""
+        dense similarity as a utility ((s − median) / (best − median)); and whether these
+        two were computed. Features not computed are zeros."""
         repo = self.session.repo
         blocks = repo.blocks()
         out = np.zeros((repo.size, 6))
@@ -237,9 +238,8 @@ class LensNetFocus:
         share, rare = self.units.name_match(text)
         out[:, 1] = node_scores(repo, blocks, self.levels, share)
         out[:, 2] = node_scores(repo, blocks, self.levels, rare)
-        if self.words is not None:
+        if self.words is not None and self.dense is not None and len(blocks):
             out[:, 3] = relative_lexical(up(self.words.block_scores(text)))
-        if self.dense is not None and len(blocks):
             out[:, 4] = block_utilities(repo, blocks, self.levels,
                                         self.units.pool(self.dense.block_scores(text)))
             out[:, 5] = 1.0

@@ -39,7 +39,7 @@ from megacontext.focus import node_scores
 from megacontext.gist import GistModel
 from megacontext.indexer import IndexConfig, index_repository
 from megacontext.lensnet import (
-    DENSE_FEATURES,
+    DEFINITION_FEATURES,
     N_FEATURES,
     LensNet,
     LensNetConfig,
@@ -76,8 +76,8 @@ class LensTrainConfig:
     lr: float = 1e-3
     margin: float = 0.1  # nats/token a block must help by to be worth expanding
     rank_weight: float = 1.0
-    dense_dropout: float = 0.25  # share of states trained without the dense feature (as
-    # on a repository too large to embed, or without the encoder installed)
+    definition_dropout: float = 0.25  # share of states trained without the definition
+    # features (words, dense), as on a repository too large for them
     seed: int = 0
     net: dict = field(default_factory=dict)  # LensNetConfig overrides
 
@@ -404,8 +404,8 @@ def fit(config: LensTrainConfig, states: list[State], data: list[RepoData],
             g["lr"] = lr
         picked = [states[i] for i in rng.choice(len(states), config.batch, replace=False)]
         *inputs, labels = batch_inputs(picked, data, model, net.config.max_tail)
-        dropped = torch.from_numpy(rng.random(len(picked)) < config.dense_dropout)
-        inputs[1][dropped, :, DENSE_FEATURES] = 0.0
+        dropped = torch.from_numpy(rng.random(len(picked)) < config.definition_dropout)
+        inputs[1][dropped, :, DEFINITION_FEATURES] = 0.0
         loss, metrics = loss_fn(net(*inputs), labels, inputs[4], config.margin,
                                 config.rank_weight)
         optimizer.zero_grad()

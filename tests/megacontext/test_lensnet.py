@@ -283,8 +283,9 @@ def test_dense_vectors_are_cached_by_content_address(tmp_path: Path) -> None:
 
 
 @pytest.mark.model
-def test_lexical_features_and_the_dense_flag(session: AskSession) -> None:
-    from megacontext.lensnet import DENSE_FEATURES
+def test_lexical_features_and_the_definition_flag(session: AskSession,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from megacontext.lensnet import DEFINITION_FEATURES
 
     def net(features: int) -> LensNet:
         return LensNet(LensNetConfig(dim=session.model.dim, width=32, heads=4, ffn=64,
@@ -297,7 +298,11 @@ def test_lexical_features_and_the_dense_flag(session: AskSession) -> None:
     entries = full.focus("lighten a colour", 40, {})
     _, features, _, _ = full.features.arrays(entries, lexical)
     assert features.shape == (len(entries), N_FEATURES)
-    assert (features[:, DENSE_FEATURES.stop - 1] == 1.0).all()
+    assert (features[:, DEFINITION_FEATURES.stop - 1] == 1.0).all()
+    monkeypatch.setattr("megacontext.lensnet.DEFINITION_BLOCKS", 1)  # too large a repository
+    large = LensNetFocus(session, net(N_FEATURES), encoder=_bag_of_letters)
+    assert (large.lexical("lighten a colour")[:, 3:] == 0).all(), "left out, flag 0"
+    assert (large.lexical("lighten a colour")[:, :3] == lexical[:, :3]).all()
     old = LensNetFocus(session, net(7))  # weights trained on the first 7 features
     assert old.dense is None and old.words is None
     assert (old.lexical("lighten a colour")[:, 3:] == 0).all()
