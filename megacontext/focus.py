@@ -6,7 +6,8 @@
   it rates the working context's own entries and refocuses in rounds (`allocate`).
 - `bm25`: lexical match of the question against every block (`megacontext.bm25`).
 - `dense`: cosine similarity of all-MiniLM-L6-v2 sentence embeddings of the question and
-  of every block (the retrieval baseline; blocks are embedded once per session).
+  of every block (the retrieval baseline; block vectors are cached beside the index by
+  content address, so a session embeds only the blocks that changed).
 - `repomap`: the approach Aider uses. Definitions (the symbols the chunker cuts) are ranked
   by PageRank over the graph of which definition refers to which name, personalised
   towards the definitions whose names the question mentions.
@@ -17,6 +18,9 @@ is worth its best block, and the allocator descends best-first (`descend`) while
 than median node fits the budget. One conversion turns their scores into signed utilities,
 so they differ only in what they see: utility = (s − median) / (best − median) − floor,
 with the median and best over blocks.
+
+LensNet reads some of these as features (`UnitWords`, BM25 over each definition's stemmed
+words, is one of them only).
 """
 
 from __future__ import annotations
