@@ -419,15 +419,21 @@ class _GistBank:
         return todo
 
     def compute(self, keys: list[bytes], groups: list, level: int, from_tokens: bool) -> None:
-        """Gist each group of children (token ids at level 1, else child gist keys)."""
+        """Gist each group of children (token ids at level 1, else child gist keys), in
+        batches of similar sizes: a batch is padded to its largest group, so shorter groups
+        together pad less (a fifth less work for a repository's blocks; padding never
+        changes a gist)."""
         B = self.config.gists_per_batch
+        order = np.argsort([len(g) for g in groups], kind="stable")
         for lo in range(0, len(keys), B):
-            batch = groups[lo : lo + B]
+            at = order[lo : lo + B].tolist()
+            batch = [groups[i] for i in at]
             x, mask = self._tokens(batch) if from_tokens else self._gists(batch)
             levels = torch.full((len(batch),), level, dtype=torch.long)
             with torch.no_grad():
                 out = self.gist_model(x, mask, levels).to(torch.float16).numpy()
-            for k, v in zip(keys[lo : lo + B], out, strict=True):
+            for i, v in zip(at, out, strict=True):
+                k = keys[i]
                 (self.stored if k in self.existing else self.new)[k] = v
 
     def _tokens(self, groups: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -286,3 +286,37 @@ def test_integrity_finds_a_damaged_index(code_repo: Path) -> None:
     assert len(problems) == 2, problems
     assert problems[0].startswith("indexed files without their tokens")
     assert problems[1].startswith("nodes without a gist")
+
+
+def test_every_stored_gist_is_its_own_groups_gist(code_repo: Path) -> None:
+    """Gists are computed in batches of similar sizes, not in tree order: each key must
+    still get its own group's gist (a block's tokens, or a node's children's gists)."""
+    index(code_repo)
+    with Store.open(db_path(code_repo), read_only=True) as store:
+        nodes = store.nodes().to_pylist()
+        tokens = store.all_tokens()
+        vectors = {}
+        for blocks in (True, False):
+            vectors |= store.gist_vectors([n["gist_key"] for n in nodes], MODEL.dim, blocks)
+    children: dict[int, list[dict]] = {}
+    for n in nodes:
+        if n["parent_id"] is not None:
+            children.setdefault(n["parent_id"], []).append(n)
+    checked = {1: 0, 2: 0}
+    for n in nodes:
+        if n["level"] == 1:
+            ids = torch.from_numpy(tokens[n["file_id"]][n["tok_start"] : n["tok_end"]]
+                                   .astype(np.int64))
+            x = MODEL.embeddings[ids][None]
+        elif n["level"] == 2 and n["node_id"] in children:
+            kids = sorted(children[n["node_id"]], key=lambda k: k["ordinal"])
+            x = torch.from_numpy(np.stack([vectors[k["gist_key"]] for k in kids])
+                                 .astype(np.float32))[None]
+        else:
+            continue
+        want = GIST(x, torch.ones(x.shape[:2], dtype=torch.bool),
+                    torch.tensor([n["level"]]))[0].numpy()
+        np.testing.assert_allclose(vectors[n["gist_key"]].astype(np.float32), want,
+                                   rtol=1e-2, atol=1e-2)
+        checked[n["level"]] += 1
+    assert checked[1] > 10 and checked[2] > 2
