@@ -171,7 +171,7 @@ def main() -> None:
     first = python_files(lib, args.switch, args.seed, ("test", "tests", "site-packages",
                                                        "idlelib"))
     fresh = python_files(site, args.switch * args.rounds, args.seed, ("tests", "test", "torch"))
-    seconds_ = [fresh[r * args.switch : (r + 1) * args.switch] for r in range(args.rounds)]
+    branches = [fresh[r * args.switch : (r + 1) * args.switch] for r in range(args.rounds)]
     work = Path(tempfile.mkdtemp(prefix="mcagent-watch-bench-"))
     repo = work / "repo"
     (repo / "src").mkdir(parents=True)
@@ -181,7 +181,7 @@ def main() -> None:
     git(repo, "checkout", "-qb", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "first")
-    for r, files in enumerate(seconds_):  # branch r: main's files replaced by other files
+    for r, files in enumerate(branches):  # branch r: main's files replaced by other files
         git(repo, "checkout", "-q", "main")
         git(repo, "checkout", "-qb", f"other-{r}")
         for p in first:
@@ -227,7 +227,7 @@ def main() -> None:
 
     # branch switches, each to fresh files, each followed by a cold index of those files
     rounds = []
-    for r, files in enumerate(seconds_):
+    for r, files in enumerate(branches):
         names = {f"src/{flat_name(site, p)}" for p in files}
         switched = time.monotonic()
         git(repo, "checkout", "-q", f"other-{r}")
