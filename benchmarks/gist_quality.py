@@ -9,6 +9,12 @@ tokens) — with a 128-token prefix, the frozen base model's NLL over the next 6
 measured with the raw span (best), the span deleted (worst), the mean-pool baseline gist and
 the trained GistNet gist, all in one run on the same examples.
 
+A content control guards against a gist that carries nothing: each example also gets
+another example's GistNet gist (the batch rolled by one). A gist that depends on its span
+must do better with its own span's gist than with a stranger's; one that is the same
+vector whatever the span scores alike on both (its whole recovery is then a learned
+separator, not compression). The mean pairwise cosine of the gists is reported beside it.
+
 Reports the distribution of ΔNLL@64 = NLL − NLL_raw per method, and the recovery
 (NLL_drop − NLL_gist) / (NLL_drop − NLL_raw): the median over examples whose span helps
 (NLL_drop > NLL_raw + 0.02, so the ratio is defined) and the recovery of the mean NLLs over
@@ -73,18 +79,27 @@ def main() -> None:
             pool = candidates(corpus, level, PREFIX, HORIZON)
             picked = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
             out = rows.setdefault((name, level), {k: [] for k in
-                                                  ("raw", "drop", "meanpool", "gistnet", "tokens")})
+                                                  ("raw", "drop", "meanpool", "gistnet",
+                                                   "shuffled", "tokens")})
+            vectors = []
             for lo in range(0, len(picked), batch):
                 b = make_batch(corpus, picked[lo : lo + batch], level, PREFIX, HORIZON)
                 with torch.no_grad():
                     g_net = gist_batch(net, model, b, model.device)
                     g_mean = gist_batch(meanpool, model, b, model.device)
-                    res_net, res_mean = substitutions(model, b, [g_net, g_mean], with_drop=True)
+                    g_other = g_net.roll(1, 0)  # every example gets another span's gist
+                    res_net, res_mean, res_other = substitutions(
+                        model, b, [g_net, g_mean, g_other], with_drop=True)
+                vectors.append(g_net)
+                out["shuffled"] += res_other.nll_gist.tolist()
                 out["raw"] += res_net.nll_raw.tolist()
                 out["drop"] += res_net.nll_drop.tolist()
                 out["gistnet"] += res_net.nll_gist.tolist()
                 out["meanpool"] += res_mean.nll_gist.tolist()
                 out["tokens"] += [len(s) for s in b.spans]
+            unit = torch.nn.functional.normalize(torch.cat(vectors).float(), dim=-1)
+            cos = unit @ unit.T
+            out["cosine"] = [float(cos[~torch.eye(len(cos), dtype=torch.bool)].mean())]
             print(f"{name} level {level}: {len(picked)} examples "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
     write(rows, weights, manifest, machine(), time.perf_counter() - started)
@@ -125,6 +140,17 @@ def write(rows: dict, weights: Path, manifest: dict, machine_text: str, seconds:
             f"| {np.mean(r['raw']):.3f} | {np.mean(r['drop']):.3f} | {np.mean(r['meanpool']):.3f} "
             f"| {np.mean(r['gistnet']):.3f} | {mp[0]:.2f} / {mp[1]:.2f} "
             f"| **{gn[0]:.2f}** / {gn[1]:.2f} |")
+    lines += ["", "## Content control: does the gist depend on its span?", "",
+              "Each example scored with another example's GistNet gist. *Content* is GistNet's "
+              "recovery (of means) minus the stranger's: 0 means the gists carry nothing "
+              "about their own spans.", "",
+              "| data | level | recovery own gist: median / of means | recovery another span's "
+              "gist: median / of means | **content** | mean pairwise cosine of gists |",
+              "|---|---|---|---|---|---|"]
+    for (name, level), r in rows.items():
+        gn, other = recovery(r, "gistnet"), recovery(r, "shuffled")
+        lines.append(f"| {name} | {level} | {gn[0]:.2f} / {gn[1]:.2f} | {other[0]:.2f} / "
+                     f"{other[1]:.2f} | **{gn[1] - other[1]:+.3f}** | {r['cosine'][0]:.4f} |")
     lines += ["", "## ΔNLL@64 = NLL − NLL_raw (nats/token): p10 / p25 / median / p75 / p90", "",
               "| data | level | drop | mean-pool | GistNet |", "|---|---|---|---|---|"]
     for (name, level), r in rows.items():

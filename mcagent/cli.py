@@ -477,8 +477,11 @@ def train_gistnet_command(
     lib: Annotated[Path | None, typer.Option(
         help="The interpreter's standard library (Lib/); default: this Python's.")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps in all.")] = 1500,
-    batch: Annotated[int, typer.Option(min=1, help="Level-1 examples per step.")] = 8,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = 8e-4,
+    batch: Annotated[int, typer.Option(min=1, help="Level-1 examples per micro-batch.")] = 16,
+    accumulate: Annotated[int, typer.Option(
+        min=1, help="Micro-batches per optimiser step (large batches keep gists from "
+                    "collapsing to one vector).")] = 4,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = 1e-4,
     seed: int = 0,
     hours: Annotated[float | None, typer.Option(
         min=0.0, help="Stop (with a checkpoint) after this long; rerun to resume.")] = None,
@@ -493,7 +496,7 @@ def train_gistnet_command(
     with _user_errors():
         lib_dir, base = _training_inputs(lib, model, device, dtype)
         train = TrainConfig(lib=lib_dir.resolve(), out=out_dir.resolve(), steps=steps,
-                            batch=batch, lr=lr, seed=seed)
+                            batch=batch, accumulate=accumulate, lr=lr, seed=seed)
 
         def report(step: int, total: int, metrics: dict[str, float]) -> None:
             err.print(render.train_line(step, total, metrics), highlight=False)

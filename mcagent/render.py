@@ -240,7 +240,9 @@ def train_line(step: int, total: int, m: dict[str, float]) -> str:
     line = (f"step {step}/{total}  level {int(m['level'])}  loss {m['loss']:.3f}  "
             f"kl {m['kl']:.3f}  nll gist {m['nll_gist']:.3f} raw {m['nll_raw']:.3f}")
     if "l1_recovery" in m:
-        line += f"  | held-out recovery L1 {m['l1_recovery']:.3f} L2 {m['l2_recovery']:.3f}"
+        line += (f"  | held-out recovery L1 {m['l1_recovery']:.3f} L2 {m['l2_recovery']:.3f}"
+                 f"  (from content: L1 {m.get('l1_content', float('nan')):+.3f} "
+                 f"L2 {m.get('l2_content', float('nan')):+.3f})")
     return line
 
 

@@ -1,9 +1,21 @@
 """`mcagent train gistnet`: teach GistNet to stand in for spans, with the base model frozen.
 
-Each step draws a seeded batch of level-1 blocks (every `level2_every`-th step: level-2
-groups, gisted from their blocks' level-1 gists by the same network) from the standard
-library's training split, and minimises KL(P_raw ‖ P_gist) + NLL_gist over the next H
-tokens. A held-out validation set (stdlib packages never trained on) is scored every
+Each step draws `accumulate` seeded micro-batches of level-1 blocks (every `level2_every`-th
+step: level-2 groups, gisted from their blocks' level-1 gists by the same network) from the
+standard library's training split, and minimises KL(P_raw ‖ P_gist) + NLL_gist over the
+next H tokens.
+
+**Start from the best constant, then learn content.** Trained from a random start with
+small batches, GistNet collapses: it learns the one vector that does best for every span (a
+placeholder worth about a quarter of the span's value) and then suppresses every difference
+between spans, because differences that are not yet useful cost more than the noisy
+per-span signal pays (its gists had a mean pairwise cosine of 0.9998). So a fresh run first
+fits that constant alone (`constant_steps`), then starts GistNet *at* it — the projection's
+bias is the constant (scaled by `CONTENT_SCALE`), its weights zero — and trains with large
+batches (micro-batches accumulated) and a small learning rate, so the span-specific part
+grows from zero along the per-span signal averaged over many spans.
+
+A held-out validation set (stdlib packages never trained on) is scored every
 `eval_every` steps. Checkpoints (weights, optimiser, step, history) are written atomically
 every `checkpoint_every` steps, and a run resumes from the last one; the batch of step s
 depends only on (seed, s), so a resumed run sees what an uninterrupted one would have.
@@ -24,7 +36,14 @@ import torch
 from megacontext.adapter import BaseModel
 from megacontext.gistnet import GistNet, GistNetConfig, cosine_lr, save_gistnet
 from megacontext.train.data import HOLDOUT_PACKAGES, Corpus, cached_corpus, stdlib_files
-from megacontext.train.objective import candidates, gist_batch, loss_of, make_batch, substitution
+from megacontext.train.objective import (
+    candidates,
+    gist_batch,
+    loss_of,
+    make_batch,
+    substitution,
+    substitutions,
+)
 
 Progress = Callable[[int, int, dict[str, float]], None]  # (step, total, metrics)
 
@@ -34,17 +53,20 @@ class TrainConfig:
     lib: Path  # the interpreter's Lib/ folder
     out: Path  # checkpoints, corpus cache, exported weights
     steps: int = 3000
-    batch: int = 8  # level-1 examples per step
-    level2_batch: int = 4  # level-2 examples per step (their teacher pass is long)
+    batch: int = 16  # level-1 examples per micro-batch
+    accumulate: int = 4  # micro-batches per optimiser step
+    level2_batch: int = 4  # level-2 examples per micro-batch (their teacher pass is long)
     level2_every: int = 4  # every n-th step is a level-2 step
-    prefix: int = 96
-    horizon: int = 64
-    lr: float = 5e-4
-    warmup: int = 100
-    weight_decay: float = 0.01
+    prefix: int = 64
+    horizon: int = 48
+    lr: float = 1e-4
+    warmup: int = 5
+    weight_decay: float = 0.0
+    constant_steps: int = 100  # fit the best single vector first (0: random start)
+    constant_lr: float = 1e-2
     seed: int = 0
-    checkpoint_every: int = 25
-    eval_every: int = 250
+    checkpoint_every: int = 5
+    eval_every: int = 50
     eval_examples: int = 48
     net: dict = field(default_factory=dict)  # GistNetConfig overrides (width, layers, …)
 
@@ -56,6 +78,9 @@ class TrainState:
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)  # per step
     evals: list[dict[str, float]] = field(default_factory=list)  # per evaluation
+
+
+CONTENT_SCALE = 100.0  # the constant's norm inside the projection, against which content grows
 
 
 def weights_name(model: BaseModel) -> str:
@@ -88,50 +113,85 @@ def load_checkpoint(state: TrainState, path: Path) -> None:
 
 
 def step_batch(config: TrainConfig, corpus: Corpus, pools: dict[int, np.ndarray], step: int
-               ) -> tuple[int, np.ndarray]:
-    """(level, corpus rows) of step `step`: a function of (seed, step) only."""
+               ) -> tuple[int, list[np.ndarray]]:
+    """(level, corpus rows of each micro-batch) of step `step`: a function of (seed, step)."""
     level = 2 if config.level2_every and step % config.level2_every == config.level2_every - 1 \
         else 1
-    rng = np.random.default_rng([config.seed, step])
     n = config.batch if level == 1 else config.level2_batch
-    return level, rng.choice(pools[level], size=n, replace=False)
+    return level, [np.random.default_rng([config.seed, step, m]).choice(
+        pools[level], size=n, replace=False) for m in range(config.accumulate)]
 
 
 def train_step(state: TrainState, config: TrainConfig, model: BaseModel, corpus: Corpus,
-               level: int, rows: np.ndarray) -> dict[str, float]:
-    """One optimiser step on one batch; returns its metrics."""
+               level: int, micro_batches: list[np.ndarray]) -> dict[str, float]:
+    """One optimiser step over the micro-batches (gradients accumulated); its metrics."""
     net = state.net
     net.train()
     lr = cosine_lr(state.step, config.steps, config.lr, config.warmup)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    batch = make_batch(corpus, rows, level, config.prefix, config.horizon)
-    losses = substitution(model, batch, gist_batch(net, model, batch, model.device))
-    loss = loss_of(losses)
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    sums = np.zeros(4)
+    for rows in micro_batches:
+        batch = make_batch(corpus, rows, level, config.prefix, config.horizon)
+        losses = substitution(model, batch, gist_batch(net, model, batch, model.device))
+        loss = loss_of(losses)
+        (loss / len(micro_batches)).backward()
+        sums += [loss.item(), losses.kl.mean().item(), losses.nll_gist.mean().item(),
+                 float(losses.nll_raw.mean())]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0))
     state.optimizer.step()
     state.step += 1
-    return {"step": state.step, "level": level, "loss": loss.item(), "lr": lr,
-            "kl": losses.kl.mean().item(), "nll_gist": losses.nll_gist.mean().item(),
-            "nll_raw": float(losses.nll_raw.mean()), "grad_norm": grad_norm}
+    loss, kl, nll_gist, nll_raw = sums / len(micro_batches)
+    return {"step": state.step, "level": level, "loss": loss, "lr": lr, "kl": kl,
+            "nll_gist": nll_gist, "nll_raw": nll_raw, "grad_norm": grad_norm}
+
+
+def fit_constant(config: TrainConfig, model: BaseModel, corpus: Corpus, pool: np.ndarray
+                 ) -> torch.Tensor:
+    """The single vector that best stands in for every level-1 span (Adam on the training
+    objective, `constant_steps` seeded batches)."""
+    torch.manual_seed(config.seed)
+    vector = (model.embeddings.float().mean(0).to(model.device)).requires_grad_(True)
+    optimizer = torch.optim.Adam([vector], lr=config.constant_lr)
+    for step in range(config.constant_steps):
+        rows = np.random.default_rng([config.seed, 2**31, step]).choice(pool, size=config.batch,
+                                                                     replace=False)
+        batch = make_batch(corpus, rows, 1, config.prefix, config.horizon)
+        loss = loss_of(substitution(model, batch, vector.expand(len(rows), -1)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return vector.detach()
+
+
+def start_at(net: GistNet, constant: torch.Tensor) -> None:
+    """Make `net` output `constant` for every span, with a zero span-specific part."""
+    with torch.no_grad():
+        net.proj.weight.zero_()
+        net.proj.bias.copy_(CONTENT_SCALE * constant / constant.norm())
+        net.log_gain.fill_(float((constant.norm() / net.token_norm).log()))
 
 
 def evaluate(net: GistNet, model: BaseModel, corpus: Corpus, rows: np.ndarray, level: int,
              prefix: int, horizon: int, batch: int = 8) -> dict[str, float]:
-    """Mean NLLs (raw, gist, drop) and the recovery of the means on fixed rows."""
+    """Mean NLLs (raw, gist, drop) and the recovery of the means on fixed rows, and the
+    content control: the recovery when every example gets another example's gist (the batch
+    rolled by one). `content` = recovery − that; 0 means the gists ignore their spans."""
     net.eval()
-    sums = np.zeros(3)
+    sums = np.zeros(4)
     with torch.no_grad():
         for lo in range(0, len(rows), batch):
             b = make_batch(corpus, rows[lo : lo + batch], level, prefix, horizon)
-            out = substitution(model, b, gist_batch(net, model, b, model.device), True)
-            sums += [float(out.nll_raw.sum()), float(out.nll_gist.sum()),
-                     float(out.nll_drop.sum())]
-    raw, gist, drop = sums / len(rows)
-    return {"nll_raw": raw, "nll_gist": gist, "nll_drop": drop,
-            "recovery": (drop - gist) / (drop - raw) if drop > raw else float("nan")}
+            g = gist_batch(net, model, b, model.device)
+            own, other = substitutions(model, b, [g, g.roll(1, 0)], True)
+            sums += [float(own.nll_raw.sum()), float(own.nll_gist.sum()),
+                     float(own.nll_drop.sum()), float(other.nll_gist.sum())]
+    raw, gist, drop, stranger = sums / len(rows)
+    helps = drop > raw
+    return {"nll_raw": raw, "nll_gist": gist, "nll_drop": drop, "nll_other": stranger,
+            "recovery": (drop - gist) / (drop - raw) if helps else float("nan"),
+            "content": (stranger - gist) / (drop - raw) if helps else float("nan")}
 
 
 def train_gistnet(config: TrainConfig, model: BaseModel, progress: Progress,
@@ -150,9 +210,11 @@ def train_gistnet(config: TrainConfig, model: BaseModel, progress: Progress,
     checkpoint = config.out / "checkpoint.pt"
     if checkpoint.is_file():
         load_checkpoint(state, checkpoint)
+    elif config.constant_steps:
+        start_at(state.net, fit_constant(config, model, corpus, pools[1]))
     while state.step < config.steps:
-        level, rows = step_batch(config, corpus, pools, state.step)
-        metrics = train_step(state, config, model, corpus, level, rows)
+        level, micro_batches = step_batch(config, corpus, pools, state.step)
+        metrics = train_step(state, config, model, corpus, level, micro_batches)
         state.history.append(metrics)
         if state.step % config.eval_every == 0 or state.step == config.steps:
             result = {"step": state.step}

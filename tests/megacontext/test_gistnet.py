@@ -14,13 +14,22 @@ from megacontext.gistnet import GistNet, GistNetConfig, load_gistnet, save_gistn
 from megacontext.train.data import build_corpus, stdlib_files
 from megacontext.train.gistnet import (
     TrainConfig,
+    evaluate,
+    fit_constant,
     load_checkpoint,
     new_state,
     save_checkpoint,
+    start_at,
     train_gistnet,
     train_step,
 )
-from megacontext.train.objective import candidates, gist_batch, make_batch, substitution
+from megacontext.train.objective import (
+    candidates,
+    gist_batch,
+    loss_of,
+    make_batch,
+    substitution,
+)
 from tests.conftest import tiny_model
 
 SMALL = {"width": 32, "heads": 4, "ffn": 64}
@@ -109,7 +118,7 @@ def _repo(root: Path) -> Path:
 def _config(tmp_path: Path, **kw: object) -> TrainConfig:
     values = {"lib": tmp_path, "out": tmp_path / "run", "steps": 40, "batch": 4,
               "level2_batch": 2, "level2_every": 0, "prefix": 16, "horizon": 8, "lr": 3e-3,
-              "warmup": 1, "net": SMALL}
+              "warmup": 1, "net": SMALL, "accumulate": 1, "constant_steps": 0}
     return TrainConfig(**{**values, **kw})
 
 
@@ -127,8 +136,31 @@ def test_training_step_reduces_the_loss_on_a_tiny_model(tmp_path: Path) -> None:
 
     before = loss()
     for _ in range(60):
-        train_step(state, config, MODEL, corpus, 1, rows)
+        train_step(state, config, MODEL, corpus, 1, [rows])
     assert loss() < before - 0.05, (before, loss())
+
+
+def test_a_fresh_run_starts_at_the_best_constant_and_then_learns_content(tmp_path: Path
+                                                                         ) -> None:
+    corpus = build_corpus(_repo(tmp_path), sorted(p.name for p in tmp_path.glob("*.py")), MODEL)
+    config = _config(tmp_path, constant_steps=30, constant_lr=0.05, lr=1e-3)
+    rows = candidates(corpus, 1, config.prefix, config.horizon)
+    constant = fit_constant(config, MODEL, corpus, rows)
+    b = make_batch(corpus, rows[:6], 1, config.prefix, config.horizon)
+
+    def loss(gists: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(loss_of(substitution(MODEL, b, gists)))
+
+    start = MODEL.embeddings.float().mean(0).expand(6, -1)
+    assert loss(constant.expand(6, -1)) < loss(start) - 0.01
+    state = new_state(config, MODEL)
+    start_at(state.net, constant)
+    g = gist_batch(state.net.eval(), MODEL, b, MODEL.device)
+    assert torch.allclose(g, constant.expand(6, -1), atol=1e-4)  # every span: the constant
+    train_step(state, config, MODEL, corpus, 1, [rows[:4], rows[4:8]])
+    g = gist_batch(state.net.eval(), MODEL, b, MODEL.device)
+    assert float((g - g.mean(0)).norm(dim=-1).min()) > 1e-4  # content has started to grow
 
 
 def test_level_two_gists_come_from_level_one_gists(tmp_path: Path) -> None:
@@ -143,6 +175,22 @@ def test_level_two_gists_come_from_level_one_gists(tmp_path: Path) -> None:
     assert g.shape == (2, 32)
     out = substitution(MODEL, b, g, with_drop=True)
     assert out.nll_drop is not None and torch.isfinite(out.recovery()).all()
+
+
+def test_the_content_control_sees_a_gist_that_ignores_its_span(tmp_path: Path) -> None:
+    corpus = build_corpus(_repo(tmp_path), sorted(p.name for p in tmp_path.glob("*.py")), MODEL)
+    rows = candidates(corpus, 1, 16, 8)[:8]
+    torch.manual_seed(0)  # a mixture of each span's own tokens: it depends on the span
+    varied = GistNet(GistNetConfig(dim=32, head="select", **SMALL), token_norm=3.0)
+    constant = net()
+    with torch.no_grad():  # the projection ignores the pooled state: one vector for all spans
+        constant.proj.weight.zero_()
+        constant.proj.bias.normal_()
+    own = evaluate(varied, MODEL, corpus, rows, 1, 16, 8, batch=4)
+    blind = evaluate(constant, MODEL, corpus, rows, 1, 16, 8, batch=4)
+    assert abs(blind["nll_other"] - blind["nll_gist"]) < 1e-6, blind  # content 0
+    assert abs(own["nll_other"] - own["nll_gist"]) > 1e-4, own  # the tiny model reacts little
+    assert own["nll_raw"] == blind["nll_raw"] and own["nll_drop"] == blind["nll_drop"]
 
 
 def test_checkpoint_round_trip_and_resume(tmp_path: Path) -> None:
