@@ -18,7 +18,8 @@ separator, not compression). The mean pairwise cosine of the gists is reported b
 Reports the distribution of ΔNLL@64 = NLL − NLL_raw per method, and the recovery
 (NLL_drop − NLL_gist) / (NLL_drop − NLL_raw): the median over examples whose span helps
 (NLL_drop > NLL_raw + 0.02, so the ratio is defined) and the recovery of the mean NLLs over
-all examples. Writes benchmarks/results/gist_quality.md and gist_quality.png.
+all examples. Writes benchmarks/results/gist_quality.md and gist_quality.png (`--name`
+changes the name, to measure candidate weights beside the shipped ones).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--n1", type=int, default=160, help="level-1 examples per dataset")
     ap.add_argument("--n2", type=int, default=48, help="level-2 examples per dataset")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default="gist_quality", help="results file name (no suffix)")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     cache = Path(platformdirs.user_cache_dir("mcagent"))
@@ -102,7 +104,7 @@ def main() -> None:
             out["cosine"] = [float(cos[~torch.eye(len(cos), dtype=torch.bool)].mean())]
             print(f"{name} level {level}: {len(picked)} examples "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
-    write(rows, weights, manifest, machine(), time.perf_counter() - started)
+    write(rows, weights, manifest, machine(), time.perf_counter() - started, args)
 
 
 def recovery(r: dict[str, list[float]], method: str) -> tuple[float, float, int]:
@@ -114,10 +116,12 @@ def recovery(r: dict[str, list[float]], method: str) -> tuple[float, float, int]
     return float(np.median(per)) if len(per) else float("nan"), float(of_means), int(helps.sum())
 
 
-def write(rows: dict, weights: Path, manifest: dict, machine_text: str, seconds: float) -> None:
+def write(rows: dict, weights: Path, manifest: dict, machine_text: str, seconds: float,
+          args: argparse.Namespace) -> None:
     lines = [
         "# Gist quality: does one vector stand in for 32 (or ~1,024) tokens?", "",
-        f"Machine: {machine_text}. Produced by `python benchmarks/gist_quality.py` in "
+        f"Machine: {machine_text}. Produced by "
+        f"`{' '.join(['python benchmarks/gist_quality.py', *sys.argv[1:]])}` in "
         f"{seconds / 60:.0f} min.",
         f"GistNet: `{weights.name}` — {manifest.get('steps')} steps, seed "
         f"{manifest.get('seed')}, base `{manifest.get('base_model')}`, commit "
@@ -167,12 +171,12 @@ def write(rows: dict, weights: Path, manifest: dict, machine_text: str, seconds:
         lines.append(f"- {name}, level {level}: median recovery {got:.2f} "
                      f"(target ≥ {targets[level]}): {verdict}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gist_quality.md").write_text("\n".join(lines) + "\n")
-    plot(rows)
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    plot(rows, RESULTS / f"{args.name}.png")
     print("\n".join(lines))
 
 
-def plot(rows: dict) -> None:
+def plot(rows: dict, path: Path) -> None:
     try:
         import matplotlib
 
@@ -191,7 +195,7 @@ def plot(rows: dict) -> None:
         ax.set_title(f"{name}\nlevel {level}", fontsize=9)
     np.atleast_1d(axes)[0].set_ylabel("ΔNLL@64 vs raw span (nats/token)")
     fig.tight_layout()
-    fig.savefig(RESULTS / "gist_quality.png", dpi=110)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

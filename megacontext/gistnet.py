@@ -41,10 +41,10 @@ class GistNetConfig:
     ffn: int = 1024
     levels: int = 2  # levels with their own embedding; higher levels share the last
     max_children: int = MAX_CHILDREN
-    # "select": the gist is a learned, content-dependent mixture of the children themselves
-    # (attention weights from a selection query) plus a correction from the pooled state;
-    # "project": the pooled state alone, projected (the first design; it collapsed to one
-    # constant vector in training, whatever the span)
+    # "project": the pooled state, projected (the design the shipped weights use);
+    # "select": a learned, span-dependent mixture of the children themselves (weights from a
+    # selection query) plus the projected pooled state, so a gist cannot ignore its span at
+    # the start (trained with small batches, it too learnt to drown the mixture in a constant)
     head: str = "project"
 
 
