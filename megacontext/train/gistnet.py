@@ -8,12 +8,12 @@ next H tokens.
 **Start from the best constant, then learn content.** Trained from a random start with
 small batches, GistNet collapses: it learns the one vector that does best for every span (a
 placeholder worth about a quarter of the span's value) and then suppresses every difference
-between spans, because differences that are not yet useful cost more than the noisy
-per-span signal pays (its gists had a mean pairwise cosine of 0.9998). So a fresh run first
-fits that constant alone (`constant_steps`), then starts GistNet *at* it — the projection's
-bias is the constant (scaled by `CONTENT_SCALE`), its weights zero — and trains with large
-batches (micro-batches accumulated) and a small learning rate, so the span-specific part
-grows from zero along the per-span signal averaged over many spans.
+between spans that helps, because differences that are not yet useful cost more than the
+noisy per-span signal pays (a span did as well with another span's gist as with its own).
+So a fresh run first fits that constant alone (`constant_steps`), then starts GistNet *at*
+it — the projection's bias is the constant (scaled by `CONTENT_SCALE`), its weights zero —
+and trains with large batches (micro-batches accumulated) and a small learning rate, so the
+span-specific part grows from zero along the per-span signal averaged over many spans.
 
 A held-out validation set (stdlib packages never trained on) is scored every
 `eval_every` steps. Checkpoints (weights, optimiser, step, history) are written atomically
