@@ -41,11 +41,6 @@ class GistNetConfig:
     ffn: int = 1024
     levels: int = 2  # levels with their own embedding; higher levels share the last
     max_children: int = MAX_CHILDREN
-    # "project": the pooled state, projected (the design the shipped weights use);
-    # "select": a learned, span-dependent mixture of the children themselves (weights from a
-    # selection query) plus the projected pooled state, so a gist cannot ignore its span at
-    # the start (trained with small batches, it too learnt to drown the mixture in a constant)
-    head: str = "project"
 
 
 class _Block(nn.Module):
@@ -88,14 +83,6 @@ class GistNet(nn.Module):
         self.out_norm = nn.LayerNorm(c.width)
         self.proj = nn.Linear(c.width, c.dim)
         self.log_gain = nn.Parameter(torch.zeros(()))  # output norm = token_norm · e^gain
-        if c.head == "select":
-            self.select_norm = nn.LayerNorm(c.width)
-            self.select = nn.Linear(c.width, 1)
-            self.select_level = nn.Parameter(torch.zeros(c.levels, c.width))
-            nn.init.zeros_(self.proj.weight)  # starts as the selection alone
-            nn.init.zeros_(self.proj.bias)
-        elif c.head != "project":
-            raise ValueError(f"unknown GistNet head {c.head!r}")
         self.id = "gistnet-untrained"
         self.description = "GistNet (untrained)"
         self.cpu_bf16 = False  # inference in bfloat16 on CPUs with native support (2× faster)
@@ -128,11 +115,6 @@ class GistNet(nn.Module):
         pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, H, 1, d)
         pooled = self.pool_out(pooled.reshape(B, c.width))
         y = self.proj(self.out_norm(pooled)).float()
-        if c.head == "select":
-            h = self.select_norm(x) + self.select_level[lvl][:, None, :]
-            score = self.select(h).squeeze(-1).float().masked_fill(~mask, float("-inf"))
-            weights = score.softmax(-1)  # (B, K) over the real children
-            y = y + torch.einsum("bk,bkd->bd", weights, children.float() / self.token_norm)
         scale = self.token_norm * self.log_gain.exp()
         return y * (scale / y.norm(dim=-1, keepdim=True).clamp_min(1e-6))
 

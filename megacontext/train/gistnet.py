@@ -151,12 +151,11 @@ def fit_constant(config: TrainConfig, model: BaseModel, corpus: Corpus, pool: np
                  ) -> torch.Tensor:
     """The single vector that best stands in for every level-1 span (Adam on the training
     objective, `constant_steps` seeded batches)."""
-    torch.manual_seed(config.seed)
-    vector = (model.embeddings.float().mean(0).to(model.device)).requires_grad_(True)
+    vector = model.embeddings.float().mean(0).to(model.device).requires_grad_(True)
     optimizer = torch.optim.Adam([vector], lr=config.constant_lr)
     for step in range(config.constant_steps):
-        rows = np.random.default_rng([config.seed, 2**31, step]).choice(pool, size=config.batch,
-                                                                     replace=False)
+        rng = np.random.default_rng([config.seed, 2**31, step])
+        rows = rng.choice(pool, size=config.batch, replace=False)
         batch = make_batch(corpus, rows, 1, config.prefix, config.horizon)
         loss = loss_of(substitution(model, batch, vector.expand(len(rows), -1)))
         optimizer.zero_grad()
