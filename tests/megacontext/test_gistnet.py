@@ -159,8 +159,23 @@ def test_a_fresh_run_starts_at_the_best_constant_and_then_learns_content(tmp_pat
     g = gist_batch(state.net.eval(), MODEL, b, MODEL.device)
     assert torch.allclose(g, constant.expand(6, -1), atol=1e-4)  # every span: the constant
     train_step(state, config, MODEL, corpus, 1, [rows[:4], rows[4:8]])
-    g = gist_batch(state.net.eval(), MODEL, b, MODEL.device)
+    g = gist_batch(state.net.eval(), MODEL, b, MODEL.device).detach()
     assert float((g - g.mean(0)).norm(dim=-1).min()) > 1e-4  # content has started to grow
+
+
+def test_train_gistnet_starts_a_fresh_run_at_the_fitted_constant(tmp_path: Path) -> None:
+    (tmp_path / "lib" / "json").mkdir(parents=True)
+    lib = _repo(tmp_path / "lib")
+    _repo(lib / "json")  # a held-out package: the validation set
+    config = _config(tmp_path, lib=lib, steps=1, lr=0.0, eval_examples=2, constant_steps=5,
+                     constant_lr=0.05)
+    state = train_gistnet(config, MODEL, lambda s, n, m: None)  # lr 0: still at the start
+    corpus = build_corpus(lib, sorted(p.name for p in lib.glob("*.py")), MODEL)
+    pool = candidates(corpus, 1, config.prefix, config.horizon)
+    constant = fit_constant(config, MODEL, corpus, pool)
+    b = make_batch(corpus, pool[:3], 1, config.prefix, config.horizon)
+    g = gist_batch(state.net.eval(), MODEL, b, MODEL.device)
+    assert torch.allclose(g, constant.expand(3, -1), atol=1e-4)
 
 
 def test_level_two_gists_come_from_level_one_gists(tmp_path: Path) -> None:
