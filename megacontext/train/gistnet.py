@@ -258,15 +258,21 @@ def export(state: TrainState, config: TrainConfig, model: BaseModel, corpus: Cor
     return path
 
 
-def _curve(history: list[dict[str, float]], points: int = 100) -> list[dict[str, float]]:
-    """The level-1 loss, averaged over windows: a compact curve for the manifest."""
+def _curve(history: list[dict[str, float]], points: int = 100
+           ) -> list[dict[str, float | None]]:
+    """The level-1 loss, averaged over windows: a compact curve for the manifest (None
+    where a window recorded no value)."""
     rows = [h for h in history if h["level"] == 1]
     if not rows:
         return []
     size = max(1, len(rows) // points)
+
+    def mean(key: str, window: list[dict[str, float]]) -> float | None:
+        values = [float(r[key]) for r in window if np.isfinite(r.get(key, np.nan))]
+        return float(np.mean(values)) if values else None
+
     return [{"step": rows[min(i + size, len(rows)) - 1]["step"],
-             "loss": float(np.mean([r["loss"] for r in rows[i : i + size]])),
-             "kl": float(np.mean([r["kl"] for r in rows[i : i + size]]))}
+             "loss": mean("loss", rows[i : i + size]), "kl": mean("kl", rows[i : i + size])}
             for i in range(0, len(rows), size)]
 
 
