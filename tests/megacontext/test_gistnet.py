@@ -278,3 +278,18 @@ def test_shipped_weights_for_the_default_model(real_model) -> None:
     y = g(x, torch.ones(x.shape[:2], dtype=torch.bool), torch.tensor([1]))
     assert y.shape == (1, real_model.dim)
     assert y.norm() == pytest.approx(real_model.token_norm * float(g.log_gain.exp()), rel=1e-2)
+
+
+def test_shipped_gists_carry_their_spans(real_model) -> None:
+    """The content control on held-out code: a span's own gist beats another span's (a
+    collapsed GistNet, one vector for every span, scores 0 here)."""
+    import sysconfig
+
+    from megacontext.gistnet import default_gist_model
+
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    corpus = build_corpus(lib, ["json/decoder.py", "json/encoder.py"], real_model)
+    rows = candidates(corpus, 1, 64, 48)
+    rows = rows[np.linspace(0, len(rows) - 1, 16).astype(int)]
+    result = evaluate(default_gist_model(real_model), real_model, corpus, rows, 1, 64, 48)
+    assert result["content"] > 0.05, result
