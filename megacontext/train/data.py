@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from megacontext.adapter import BaseModel
-from megacontext.indexer import file_trees
 
 # Stdlib packages never trained on: evaluation reads them (with third-party packages).
 HOLDOUT_PACKAGES = ("asyncio", "email", "json", "xml", "http", "concurrent", "tomllib",
@@ -93,6 +92,9 @@ class Corpus:
 def build_corpus(root: Path, paths: list[str], model: BaseModel,
                  progress: Callable[[str, int, int], None] | None = None) -> Corpus:
     """Tree every file the way `index` does and lay the trees end to end."""
+    # Imported here: training on a corpus built earlier needs no parser (or DuckDB).
+    from megacontext.indexer import file_trees
+
     texts = {}
     for p in paths:
         try:

@@ -194,12 +194,18 @@ def evaluate(net: GistNet, model: BaseModel, corpus: Corpus, rows: np.ndarray, l
 
 
 def train_gistnet(config: TrainConfig, model: BaseModel, progress: Progress,
-                  stop_after: float | None = None) -> TrainState:
-    """Train (or resume) until `config.steps`, or until `stop_after` seconds have passed."""
+                  stop_after: float | None = None,
+                  corpora: tuple[Corpus, Corpus] | None = None) -> TrainState:
+    """Train (or resume) until `config.steps`, or until `stop_after` seconds have passed.
+    `corpora` (train, held out) are built from `config.lib` unless given (e.g. carried to a
+    machine without the parsers, already built)."""
     started = time.monotonic()
     config.out.mkdir(parents=True, exist_ok=True)
-    corpus = cached_corpus(config.lib, stdlib_files(config.lib, "train"), model, config.out)
-    held = cached_corpus(config.lib, stdlib_files(config.lib, "holdout"), model, config.out)
+    if corpora is None:
+        corpus = cached_corpus(config.lib, stdlib_files(config.lib, "train"), model, config.out)
+        held = cached_corpus(config.lib, stdlib_files(config.lib, "holdout"), model, config.out)
+    else:
+        corpus, held = corpora
     pools = {lvl: candidates(corpus, lvl, config.prefix, config.horizon) for lvl in (1, 2)}
     rng = np.random.default_rng([config.seed, 10**9])
     val = {lvl: rng.choice(candidates(held, lvl, config.prefix, config.horizon),
