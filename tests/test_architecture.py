@@ -27,6 +27,12 @@ def test_ingest_never_imports_torch_or_models() -> None:
     assert not {"torch", "transformers", "megacontext", "mcagent", "typer", "rich"} & mods
 
 
+def test_gistnet_training_needs_no_parser_or_database() -> None:
+    # scripts/train_gistnet_gpu.py runs on machines with torch and transformers alone.
+    mods = imported_after("import megacontext.train.gistnet")
+    assert not {"duckdb", "tree_sitter", "ingest", "pyarrow", "mcagent"} & mods
+
+
 def test_only_the_adapter_imports_transformers_and_only_store_has_sql() -> None:
     sql = re.compile(r'"(SELECT|INSERT|UPDATE|DELETE|CREATE)[ (]')
     for path in ROOT.glob("*/**/*.py"):

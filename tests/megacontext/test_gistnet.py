@@ -241,6 +241,23 @@ def test_checkpoint_round_trip_and_resume(tmp_path: Path) -> None:
                         tmp_path / "c.pt")
 
 
+def test_training_on_prepared_corpora_equals_training_from_lib(tmp_path: Path) -> None:
+    """What scripts/train_gistnet_gpu.py relies on: the corpora carried elsewhere train the
+    same weights as the `Lib/` they were built from."""
+    (tmp_path / "lib" / "json").mkdir(parents=True)
+    lib = _repo(tmp_path / "lib")
+    _repo(lib / "json")
+    kw = {"lib": lib, "steps": 3, "eval_every": 100, "eval_examples": 2, "level2_every": 2}
+    from_lib = train_gistnet(_config(tmp_path, **kw), MODEL, lambda s, n, m: None)
+    corpora = (build_corpus(lib, stdlib_files(lib, "train"), MODEL),
+               build_corpus(lib, stdlib_files(lib, "holdout"), MODEL))
+    config = _config(tmp_path, **{**kw, "lib": tmp_path / "absent"}, out=tmp_path / "packed")
+    packed = train_gistnet(config, MODEL, lambda s, n, m: None, corpora=corpora)
+    assert [h["loss"] for h in packed.history] == [h["loss"] for h in from_lib.history]
+    for a, b in zip(packed.net.parameters(), from_lib.net.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_data_rule_keeps_tests_site_packages_and_held_out_packages_out(tmp_path: Path) -> None:
     for rel in ("os.py", "json/decoder.py", "test/test_os.py", "site-packages/click/core.py",
                 "collections/__init__.py", "idlelib/idle_test/x.py", "test_thing.py"):
