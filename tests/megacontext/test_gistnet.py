@@ -258,6 +258,25 @@ def test_training_on_prepared_corpora_equals_training_from_lib(tmp_path: Path) -
         torch.testing.assert_close(a, b)
 
 
+def test_packed_corpora_round_trip(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "train_gistnet_gpu", Path(__file__).parents[2] / "scripts" / "train_gistnet_gpu.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    lib = _repo(tmp_path)
+    corpus = build_corpus(lib, ["mod0.py", "mod1.py", "mod2.py"], MODEL)
+    held = build_corpus(lib, ["mod3.py"], MODEL)
+    script.write_packed(MODEL.id, corpus, held, tmp_path / "packed.npz")
+    model_id, a, b = script.unpack(tmp_path / "packed.npz")
+    assert model_id == MODEL.id and (a.files, b.files) == (3, 1)
+    for got, want in ((a, corpus), (b, held)):
+        for f in script.FIELDS:
+            np.testing.assert_array_equal(getattr(got, f), getattr(want, f))
+        assert got.stream.dtype == np.int32
+
+
 def test_data_rule_keeps_tests_site_packages_and_held_out_packages_out(tmp_path: Path) -> None:
     for rel in ("os.py", "json/decoder.py", "test/test_os.py", "site-packages/click/core.py",
                 "collections/__init__.py", "idlelib/idle_test/x.py", "test_thing.py"):
