@@ -1,6 +1,6 @@
 """Benchmark: how well a gist stands in for the span it compresses, on code never trained on.
 
-    python benchmarks/gist_quality.py [--weights PATH] [--n1 160] [--n2 48]
+    python benchmarks/gist_quality.py [--weights PATH] [--n1 160] [--n2 144]
 
 Held-out code: the standard library's held-out packages (`HOLDOUT_PACKAGES`, never trained
 on) and third-party packages installed here (click, rich). For spans cut exactly as the
@@ -18,7 +18,9 @@ separator, not compression). The mean pairwise cosine of the gists is reported b
 Reports the distribution of ΔNLL@64 = NLL − NLL_raw per method, and the recovery
 (NLL_drop − NLL_gist) / (NLL_drop − NLL_raw): the median over examples whose span helps
 (NLL_drop > NLL_raw + 0.02, so the ratio is defined) and the recovery of the mean NLLs over
-all examples. Writes benchmarks/results/gist_quality.md and gist_quality.png (`--name`
+all examples. Each median comes with a 95% bootstrap interval (examples resampled), and a
+target's verdict says when the target lies inside it: the sample cannot then tell met from
+not met. Writes benchmarks/results/gist_quality.md and gist_quality.png (`--name`
 changes the name, to measure candidate weights beside the shipped ones).
 """
 
@@ -54,7 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", type=Path, help="GistNet weights (default: the shipped ones)")
     ap.add_argument("--n1", type=int, default=160, help="level-1 examples per dataset")
-    ap.add_argument("--n2", type=int, default=48, help="level-2 examples per dataset")
+    ap.add_argument("--n2", type=int, default=144, help="level-2 examples per dataset")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="gist_quality", help="results file name (no suffix)")
     args = ap.parse_args()
@@ -107,13 +109,40 @@ def main() -> None:
     write(rows, weights, manifest, machine(), time.perf_counter() - started, args)
 
 
+def per_example(r: dict[str, list[float]], method: str) -> np.ndarray:
+    """Recovery of each example whose span helps (where the ratio is defined)."""
+    raw, drop, got = (np.asarray(r[k]) for k in ("raw", "drop", method))
+    helps = drop > raw + HELPS
+    return (drop[helps] - got[helps]) / (drop[helps] - raw[helps])
+
+
 def recovery(r: dict[str, list[float]], method: str) -> tuple[float, float, int]:
     """(median per-example recovery where the span helps, recovery of the means, n helped)."""
     raw, drop, got = (np.asarray(r[k]) for k in ("raw", "drop", method))
-    helps = drop > raw + HELPS
-    per = (drop[helps] - got[helps]) / (drop[helps] - raw[helps])
+    per = per_example(r, method)
     of_means = (drop.mean() - got.mean()) / (drop.mean() - raw.mean())
-    return float(np.median(per)) if len(per) else float("nan"), float(of_means), int(helps.sum())
+    return float(np.median(per)) if len(per) else float("nan"), float(of_means), len(per)
+
+
+def median_interval(values: np.ndarray, level: float = 0.95, resamples: int = 4000,
+                    seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the median of `values` (NaNs when there are none)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(values, size=(resamples, len(values))), axis=1)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(medians, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def verdict(median: float, interval: tuple[float, float], target: float) -> str:
+    """'met' / '**not met**', saying so when the target lies inside the median's interval."""
+    said = "met" if median >= target else "**not met**"
+    if interval[0] <= target <= interval[1]:
+        said += " (the target lies inside the 95% interval: this sample cannot tell)"
+    return said
 
 
 def write(rows: dict, weights: Path, manifest: dict, machine_text: str, seconds: float,
@@ -139,11 +168,12 @@ def write(rows: dict, weights: Path, manifest: dict, machine_text: str, seconds:
     ]
     for (name, level), r in rows.items():
         mp, gn = recovery(r, "meanpool"), recovery(r, "gistnet")
+        lo, hi = median_interval(per_example(r, "gistnet"))
         lines.append(
             f"| {name} | {level} | {len(r['raw'])} ({gn[2]}) | {np.mean(r['tokens']):.0f} "
             f"| {np.mean(r['raw']):.3f} | {np.mean(r['drop']):.3f} | {np.mean(r['meanpool']):.3f} "
             f"| {np.mean(r['gistnet']):.3f} | {mp[0]:.2f} / {mp[1]:.2f} "
-            f"| **{gn[0]:.2f}** / {gn[1]:.2f} |")
+            f"| **{gn[0]:.2f}** [{lo:.2f}, {hi:.2f}] / {gn[1]:.2f} |")
     lines += ["", "## Content control: does the gist depend on its span?", "",
               "Each example scored with another example's GistNet gist. *Content* is GistNet's "
               "recovery (of means) minus the stranger's: 0 means the gists carry nothing "
@@ -167,9 +197,10 @@ def write(rows: dict, weights: Path, manifest: dict, machine_text: str, seconds:
     lines += ["", "## Targets", ""]
     for (name, level), r in rows.items():
         got = recovery(r, "gistnet")[0]
-        verdict = "met" if got >= targets[level] else "**not met**"
+        interval = median_interval(per_example(r, "gistnet"))
         lines.append(f"- {name}, level {level}: median recovery {got:.2f} "
-                     f"(target ≥ {targets[level]}): {verdict}")
+                     f"[{interval[0]:.2f}, {interval[1]:.2f}] (target ≥ {targets[level]}): "
+                     f"{verdict(got, interval, targets[level])}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     plot(rows, RESULTS / f"{args.name}.png")

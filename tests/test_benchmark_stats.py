@@ -1,0 +1,36 @@
+"""The statistics the gist-quality benchmark reports its verdicts with."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.gist_quality import median_interval, per_example, recovery, verdict
+
+
+def test_per_example_recovery_keeps_only_spans_that_help() -> None:
+    r = {"raw": [1.0, 1.0, 2.0], "drop": [2.0, 1.01, 3.0], "gist": [1.5, 1.0, 2.25]}
+    assert np.allclose(per_example(r, "gist"), [0.5, 0.75])  # the middle span does not help
+    median, of_means, helped = recovery(r, "gist")
+    assert helped == 2 and np.isclose(median, 0.625)
+    assert np.isclose(of_means, (np.mean(r["drop"]) - np.mean(r["gist"]))
+                      / (np.mean(r["drop"]) - np.mean(r["raw"])))
+
+
+def test_median_interval_holds_the_median_and_narrows_with_more_examples() -> None:
+    rng = np.random.default_rng(1)
+    few, many = rng.normal(0.4, 0.3, 40), rng.normal(0.4, 0.3, 640)
+    lo_few, hi_few = median_interval(few)
+    lo_many, hi_many = median_interval(many)
+    assert lo_few <= np.median(few) <= hi_few
+    assert lo_many <= np.median(many) <= hi_many
+    assert hi_many - lo_many < (hi_few - lo_few) / 2  # ~1/√16 of the width
+    assert lo_many < 0.4 < hi_many
+    assert median_interval(few) == median_interval(few)  # seeded
+    assert all(np.isnan(median_interval(np.array([]))))
+
+
+def test_verdict_says_when_the_sample_cannot_tell() -> None:
+    assert verdict(0.62, (0.58, 0.66), 0.6).startswith("met (")
+    assert verdict(0.62, (0.61, 0.66), 0.6) == "met"
+    assert verdict(0.34, (0.28, 0.40), 0.35).startswith("**not met** (")
+    assert verdict(0.47, (0.42, 0.52), 0.6) == "**not met**"
