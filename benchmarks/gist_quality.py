@@ -20,13 +20,15 @@ Reports the distribution of ΔNLL@64 = NLL − NLL_raw per method, and the recov
 (NLL_drop > NLL_raw + 0.02, so the ratio is defined) and the recovery of the mean NLLs over
 all examples. Each median comes with a 95% bootstrap interval (examples resampled), and a
 target's verdict says when the target lies inside it: the sample cannot then tell met from
-not met. Writes benchmarks/results/gist_quality.md and gist_quality.png (`--name`
-changes the name, to measure candidate weights beside the shipped ones).
+not met. A table splits the median by how much the spans are worth, and every example's
+NLLs go to a JSON file beside the results. Writes benchmarks/results/gist_quality.md, .png
+and .json (`--name` changes the name, to measure candidate weights beside the shipped ones).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import sysconfig
 import time
@@ -40,6 +42,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 PREFIX, HORIZON = 128, 64
 THIRD_PARTY = ["click", "rich"]
 HELPS = 0.02  # nats: a span "helps" when deleting it costs more than this
+BENEFIT_BINS = ((HELPS, 0.1), (0.1, 0.3), (0.3, np.inf))  # for recovery by span value
 
 
 def main() -> None:
@@ -137,6 +140,13 @@ def median_interval(values: np.ndarray, level: float = 0.95, resamples: int = 40
     return float(lo), float(hi)
 
 
+def in_benefit(r: dict[str, list[float]], lo: float, hi: float) -> dict[str, list[float]]:
+    """The examples of `r` whose span is worth [lo, hi) nats/token (NLL_drop − NLL_raw)."""
+    benefit = np.asarray(r["drop"]) - np.asarray(r["raw"])
+    keep = (benefit >= lo) & (benefit < hi)
+    return {k: np.asarray(v)[keep].tolist() for k, v in r.items() if len(v) == len(benefit)}
+
+
 def verdict(median: float, interval: tuple[float, float], target: float) -> str:
     """'met' / '**not met**', saying so when the target lies inside the median's interval."""
     said = "met" if median >= target else "**not met**"
@@ -193,6 +203,21 @@ def write(rows: dict, weights: Path, manifest: dict, machine_text: str, seconds:
                                                                 [10, 25, 50, 75, 90]))
                  for m in ("drop", "meanpool", "gistnet")]
         lines.append(f"| {name} | {level} | " + " | ".join(cells) + " |")
+    lines += ["", "## Recovery by how much the span matters", "",
+              "Median GistNet recovery [95% interval] of the examples whose span is worth "
+              "this much (NLL_drop − NLL_raw, nats/token); n in brackets.", "",
+              "| data | level | " + " | ".join(f"{lo}–{hi} nats" if hi < np.inf else
+                                              f"≥ {lo} nats" for lo, hi in BENEFIT_BINS)
+              + " |", "|---|---|" + "---|" * len(BENEFIT_BINS)]
+    for (name, level), r in rows.items():
+        cells = []
+        for lo, hi in BENEFIT_BINS:
+            part = in_benefit(r, lo, hi)
+            per = per_example(part, "gistnet")
+            low, high = median_interval(per)
+            cells.append(f"{np.median(per):.2f} [{low:.2f}, {high:.2f}] ({len(per)})" if len(per)
+                         else "— (0)")
+        lines.append(f"| {name} | {level} | " + " | ".join(cells) + " |")
     targets = {1: 0.6, 2: 0.35}
     lines += ["", "## Targets", ""]
     for (name, level), r in rows.items():
@@ -203,6 +228,8 @@ def write(rows: dict, weights: Path, manifest: dict, machine_text: str, seconds:
                      f"{verdict(got, interval, targets[level])}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    per_examples = [{"data": name, "level": level, **r} for (name, level), r in rows.items()]
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(per_examples) + "\n")
     plot(rows, RESULTS / f"{args.name}.png")
     print("\n".join(lines))
 

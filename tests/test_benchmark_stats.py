@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.gist_quality import median_interval, per_example, recovery, verdict
+from benchmarks.gist_quality import (
+    BENEFIT_BINS,
+    in_benefit,
+    median_interval,
+    per_example,
+    recovery,
+    verdict,
+)
 
 
 def test_per_example_recovery_keeps_only_spans_that_help() -> None:
@@ -34,3 +41,12 @@ def test_verdict_says_when_the_sample_cannot_tell() -> None:
     assert verdict(0.62, (0.61, 0.66), 0.6) == "met"
     assert verdict(0.34, (0.28, 0.40), 0.35).startswith("**not met** (")
     assert verdict(0.47, (0.42, 0.52), 0.6) == "**not met**"
+
+
+def test_in_benefit_splits_examples_by_what_their_span_is_worth() -> None:
+    r = {"raw": [1.0, 1.0, 1.0], "drop": [1.05, 1.2, 2.0], "gist": [1.0, 1.1, 1.5],
+         "cosine": [0.9]}  # a per-run value, not per example: left out
+    small, middle, large = (in_benefit(r, lo, hi) for lo, hi in BENEFIT_BINS)
+    assert small == {"raw": [1.0], "drop": [1.05], "gist": [1.0]}
+    assert middle["drop"] == [1.2] and large["drop"] == [2.0]
+    assert np.allclose(per_example(large, "gist"), [0.5])
