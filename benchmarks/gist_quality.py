@@ -170,7 +170,8 @@ def write(rows: dict, weights: Path, manifest: dict, machine_text: str, seconds:
         f"{HORIZON} tokens; base model fp32, frozen.", "",
         "Recovery = (NLL_drop − NLL_gist) / (NLL_drop − NLL_raw): 1 is as good as the raw "
         "span, 0 as bad as deleting it. *Median* is over examples whose span helps "
-        f"(NLL_drop > NLL_raw + {HELPS}); *of means* uses the mean NLLs of all examples.", "",
+        f"(NLL_drop > NLL_raw + {HELPS}), with its 95% bootstrap interval in brackets; *of "
+        "means* uses the mean NLLs of all examples.", "",
         "| data | level | n (span helps) | mean span tokens | NLL raw | NLL drop | NLL mean-pool "
         "| NLL GistNet | recovery mean-pool: median / of means | **recovery GistNet: median** "
         "/ of means |",
