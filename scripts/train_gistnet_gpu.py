@@ -114,11 +114,10 @@ def train(args: argparse.Namespace) -> None:
                          batch=args.batch, accumulate=args.accumulate,
                          level2_batch=args.level2_batch, level2_every=args.level2_every,
                          lr=args.lr, warmup=args.warmup, eval_every=args.eval_every,
-                         checkpoint_every=args.checkpoint_every, seed=args.seed)
+                         checkpoint_every=args.checkpoint_every, seed=args.seed,
+                         net={"block": args.block} if args.block != "plain" else {})
     checkpoint = args.out / "checkpoint.pt"
-    if not checkpoint.is_file():
-        if args.init is None:
-            sys.exit("no checkpoint in --out and no --init weights")
+    if not checkpoint.is_file() and args.init is not None:
         state = new_state(config, model)
         net, _ = load_gistnet(args.init, model.device)
         state.net.load_state_dict(net.state_dict())
@@ -135,7 +134,8 @@ def train(args: argparse.Namespace) -> None:
             print(f"step {step}/{total} L{m['level']} loss {m['loss']:.4f} kl {m['kl']:.4f} "
                   f"lr {m['lr']:.2e} gn {m['grad_norm']:.2f} {rate:.2f}s/step", flush=True)
 
-    first = torch.load(checkpoint, map_location="cpu", weights_only=False)["step"]
+    first = (torch.load(checkpoint, map_location="cpu", weights_only=False)["step"]
+             if checkpoint.is_file() else 0)  # else a fresh start at the fitted constant
     print(f"model {model.id} on {model.device} {model.dtype}; resuming at step {first}; "
           f"{len(corpus.blocks)} blocks, {len(corpus.groups)} groups", flush=True)
     state = train_gistnet(config, model, progress, stop_after=args.seconds,
@@ -153,7 +153,9 @@ def main() -> None:
         a.add_argument("--to", type=Path, required=True)
     t = sub.add_parser("train")
     t.add_argument("--corpus", type=Path, required=True)
-    t.add_argument("--init", type=Path)
+    t.add_argument("--init", type=Path, help="start from these weights (default: fresh)")
+    t.add_argument("--block", choices=("plain", "llama"), default="plain",
+                   help="llama: the base model's layer shape, from its first layers")
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--seconds", type=float, default=480)
     defaults = TrainConfig(lib=Path(), out=Path())

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from megacontext.adapter import BaseModel
+from megacontext.errors import RunMismatch
 from megacontext.gistnet import GistNet, GistNetConfig, cosine_lr, save_gistnet
 from megacontext.train.data import HOLDOUT_PACKAGES, Corpus, cached_corpus, stdlib_files
 from megacontext.train.objective import (
@@ -88,8 +89,19 @@ def weights_name(model: BaseModel) -> str:
 
 
 def new_state(config: TrainConfig, model: BaseModel) -> TrainState:
+    """A fresh GistNet and its optimiser. A llama GistNet (`net={"block": "llama"}`) takes
+    the base model's layer shape and starts its blocks from the base model's first layers."""
     torch.manual_seed(config.seed)
-    net = GistNet(GistNetConfig(dim=model.dim, **config.net), model.token_norm).to(model.device)
+    overrides, layers = dict(config.net), None
+    if overrides.get("block") == "llama":
+        first = [model.decoder_layer(i)
+                 for i in range(int(overrides.get("layers", GistNetConfig.layers)))]
+        overrides = {"width": model.dim, **first[0][0], **overrides}
+        layers = [weights for _, weights in first]
+    net = GistNet(GistNetConfig(dim=model.dim, **overrides), model.token_norm)
+    if layers is not None:
+        net.init_from_layers(layers)
+    net = net.to(model.device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay, betas=(0.9, 0.98))
     return TrainState(net, optimizer)
@@ -105,8 +117,9 @@ def save_checkpoint(state: TrainState, config: TrainConfig, path: Path) -> None:
 
 def load_checkpoint(state: TrainState, path: Path) -> None:
     saved = torch.load(path, map_location=state.net.query.device, weights_only=False)
-    if saved["net_config"] != asdict(state.net.config):
-        raise ValueError(f"{path} holds a GistNet of another shape: {saved['net_config']}")
+    if GistNetConfig(**saved["net_config"]) != state.net.config:
+        raise RunMismatch(f"{path} holds a GistNet of another shape ({saved['net_config']}): "
+                          "resume it with the same options, or train into a new --out")
     state.net.load_state_dict(saved["net"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.step, state.history, state.evals = saved["step"], saved["history"], saved["evals"]

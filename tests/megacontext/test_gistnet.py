@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from megacontext.adapter import random_model
-from megacontext.gistnet import GistNet, GistNetConfig, load_gistnet, save_gistnet
+from megacontext.gistnet import (
+    GistNet,
+    GistNetConfig,
+    _rope_tables,
+    load_gistnet,
+    save_gistnet,
+)
 from megacontext.train.data import build_corpus, stdlib_files
 from megacontext.train.gistnet import (
     TrainConfig,
@@ -36,13 +42,19 @@ SMALL = {"width": 32, "heads": 4, "ffn": 64}
 MODEL = random_model(tiny_model().tokenizer, dim=32, layers=2, seed=0)
 
 
-def net(seed: int = 0) -> GistNet:
+LLAMA = {"block": "llama", "width": 32, "heads": 4, "kv_heads": 2, "ffn": 64}
+BLOCKS = pytest.mark.parametrize("block", ["plain", "llama"])
+
+
+def net(seed: int = 0, block: str = "plain") -> GistNet:
     torch.manual_seed(seed)
-    return GistNet(GistNetConfig(dim=32, **SMALL), token_norm=3.0).eval()
+    shape = SMALL if block == "plain" else LLAMA
+    return GistNet(GistNetConfig(dim=32, **shape), token_norm=3.0).eval()
 
 
-def test_shapes_and_output_norm() -> None:
-    g = net()
+@BLOCKS
+def test_shapes_and_output_norm(block: str) -> None:
+    g = net(block=block)
     x = torch.randn(5, 32, 32)
     mask = torch.ones(5, 32, dtype=torch.bool)
     y = g(x, mask, torch.tensor([1, 1, 2, 2, 3]))
@@ -50,8 +62,9 @@ def test_shapes_and_output_norm() -> None:
     torch.testing.assert_close(y.norm(dim=-1), torch.full((5,), 3.0))
 
 
-def test_padding_never_changes_the_output() -> None:
-    g = net()
+@BLOCKS
+def test_padding_never_changes_the_output(block: str) -> None:
+    g = net(block=block)
     x = torch.randn(1, 7, 32)
     alone = g(x, torch.ones(1, 7, dtype=torch.bool), torch.tensor([1]))
     padded = torch.cat([x, torch.randn(1, 25, 32) * 100], 1)  # garbage in the padding
@@ -60,8 +73,9 @@ def test_padding_never_changes_the_output() -> None:
     torch.testing.assert_close(g(padded, mask, torch.tensor([1])), alone)
 
 
-def test_batched_equals_one_by_one() -> None:
-    g = net()
+@BLOCKS
+def test_batched_equals_one_by_one(block: str) -> None:
+    g = net(block=block)
     lengths = [3, 32, 1, 17]
     groups = [torch.randn(n, 32) for n in lengths]
     x = torch.zeros(4, 32, 32)
@@ -76,8 +90,9 @@ def test_batched_equals_one_by_one() -> None:
         torch.testing.assert_close(batched[i : i + 1], one, atol=1e-5, rtol=1e-5)
 
 
-def test_levels_are_told_apart_and_high_levels_share_the_top_embedding() -> None:
-    g = net()
+@BLOCKS
+def test_levels_are_told_apart_and_high_levels_share_the_top_embedding(block: str) -> None:
+    g = net(block=block)
     with torch.no_grad():
         g.level_embedding.normal_()
     x = torch.randn(1, 8, 32)
@@ -87,8 +102,9 @@ def test_levels_are_told_apart_and_high_levels_share_the_top_embedding() -> None
     torch.testing.assert_close(two, five)
 
 
-def test_weights_round_trip(tmp_path: Path) -> None:
-    g = net(seed=3)
+@BLOCKS
+def test_weights_round_trip(tmp_path: Path, block: str) -> None:
+    g = net(seed=3, block=block)
     g.set_identity("tiny", 10)
     path = save_gistnet(g, tmp_path, "gistnet-tiny", {"base_model": "tiny", "steps": 10})
     loaded, manifest = load_gistnet(path)
@@ -97,9 +113,57 @@ def test_weights_round_trip(tmp_path: Path) -> None:
     x, mask = torch.randn(2, 9, 32), torch.ones(2, 9, dtype=torch.bool)
     torch.testing.assert_close(loaded(x, mask, torch.tensor([1, 2])),
                                g(x, mask, torch.tensor([1, 2])), atol=2e-2, rtol=2e-2)
-    other = net(seed=4)
+    other = net(seed=4, block=block)
     other.set_identity("tiny", 10)
     assert other.id != g.id  # new weights, new id: cached gists are invalidated
+
+
+def test_a_llama_block_is_the_base_models_layer_attending_both_ways() -> None:
+    """Started from the base model's layer, a llama block computes what that layer computes
+    when it is given the layer's causal mask; GistNet itself attends both ways."""
+    shape, weights = MODEL.decoder_layer(1)
+    assert shape == {"heads": 4, "kv_heads": 2, "ffn": 64, "rope_theta": 10000.0,
+                     "norm_eps": MODEL.causal_lm().config.rms_norm_eps}
+    g = GistNet(GistNetConfig(dim=32, width=32, block="llama", layers=1, **shape), 3.0)
+    g.init_from_layers([weights])
+    layer, lm = MODEL.causal_lm().model.layers[1], MODEL.causal_lm()
+    x = torch.randn(2, 7, 32)
+    positions = torch.arange(7)[None].expand(2, 7)
+    want = layer(x, position_ids=positions, position_embeddings=lm.model.rotary_emb(x, positions))
+    want = want[0] if isinstance(want, tuple) else want
+    rope = _rope_tables(7, 8, shape["rope_theta"], x.device)
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()[None, None]
+    torch.testing.assert_close(g.blocks[0](x, causal, rope), want)
+    both_ways = g.blocks[0](x, torch.ones(1, 1, 1, 7, dtype=torch.bool), rope)
+    assert not torch.allclose(both_ways, want)
+
+
+def test_a_llama_gistnet_starts_from_the_base_models_first_layers(tmp_path: Path) -> None:
+    config = _config(tmp_path, net={"block": "llama"})
+    state = new_state(config, MODEL)
+    c = state.net.config
+    assert (c.width, c.heads, c.kv_heads, c.ffn) == (32, 4, 2, 64)
+    for i, block in enumerate(state.net.blocks):
+        for name, tensor in MODEL.decoder_layer(i)[1].items():
+            torch.testing.assert_close(block.state_dict()[name], tensor)
+    with pytest.raises(ValueError, match="base width"):
+        GistNetConfig(dim=32, width=64, block="llama")
+    with pytest.raises(ValueError, match="unknown GistNet block"):
+        GistNetConfig(dim=32, block="conv")
+    with pytest.raises(ValueError, match="only a llama GistNet"):
+        net().init_from_layers([])
+
+
+def test_a_checkpoint_written_before_the_block_option_still_loads(tmp_path: Path) -> None:
+    state = new_state(_config(tmp_path), MODEL)
+    save_checkpoint(state, _config(tmp_path), tmp_path / "c.pt")
+    saved = torch.load(tmp_path / "c.pt", weights_only=False)
+    for key in ("block", "kv_heads", "rope_theta", "norm_eps"):
+        del saved["net_config"][key]  # as an older version wrote it
+    torch.save(saved, tmp_path / "c.pt")
+    again = new_state(_config(tmp_path), MODEL)
+    load_checkpoint(again, tmp_path / "c.pt")
+    assert again.step == state.step
 
 
 def _repo(root: Path) -> Path:
@@ -122,9 +186,10 @@ def _config(tmp_path: Path, **kw: object) -> TrainConfig:
     return TrainConfig(**{**values, **kw})
 
 
-def test_training_step_reduces_the_loss_on_a_tiny_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shape", [SMALL, {"block": "llama"}], ids=["plain", "llama"])
+def test_training_step_reduces_the_loss_on_a_tiny_model(tmp_path: Path, shape: dict) -> None:
     corpus = build_corpus(_repo(tmp_path), sorted(p.name for p in tmp_path.glob("*.py")), MODEL)
-    config = _config(tmp_path)
+    config = _config(tmp_path, net=shape)
     state = new_state(config, MODEL)
     rows = candidates(corpus, 1, config.prefix, config.horizon)[:4]
 
