@@ -42,12 +42,13 @@ import numpy as np
 import torch
 
 from megacontext.adapter import ModelConfig, load_base_model
-from megacontext.gistnet import load_gistnet
+from megacontext.errors import RunMismatch
 from megacontext.train.data import Corpus, cached_corpus, stdlib_files
 from megacontext.train.gistnet import (
     TrainConfig,
     new_state,
     save_checkpoint,
+    start_from_weights,
     train_gistnet,
 )
 
@@ -119,8 +120,10 @@ def train(args: argparse.Namespace) -> None:
     checkpoint = args.out / "checkpoint.pt"
     if not checkpoint.is_file() and args.init is not None:
         state = new_state(config, model)
-        net, _ = load_gistnet(args.init, model.device)
-        state.net.load_state_dict(net.state_dict())
+        try:
+            start_from_weights(state, args.init)
+        except RunMismatch as e:
+            sys.exit(f"error: {e}")
         args.out.mkdir(parents=True, exist_ok=True)
         save_checkpoint(state, config, checkpoint)
     started = time.monotonic()

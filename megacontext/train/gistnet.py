@@ -35,7 +35,7 @@ import torch
 
 from megacontext.adapter import BaseModel
 from megacontext.errors import RunMismatch
-from megacontext.gistnet import GistNet, GistNetConfig, cosine_lr, save_gistnet
+from megacontext.gistnet import GistNet, GistNetConfig, cosine_lr, load_gistnet, save_gistnet
 from megacontext.train.data import HOLDOUT_PACKAGES, Corpus, cached_corpus, stdlib_files
 from megacontext.train.objective import (
     candidates,
@@ -123,6 +123,17 @@ def load_checkpoint(state: TrainState, path: Path) -> None:
     state.net.load_state_dict(saved["net"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.step, state.history, state.evals = saved["step"], saved["history"], saved["evals"]
+
+
+def start_from_weights(state: TrainState, weights: Path) -> None:
+    """Continue a run from exported weights (`save_gistnet`'s files) instead of a fresh
+    start; they must hold a GistNet of this run's shape."""
+    net, _ = load_gistnet(weights, state.net.query.device)
+    if net.config != state.net.config:
+        raise RunMismatch(f"{weights} holds a {net.config.block} GistNet of another shape than "
+                          f"this run trains ({state.net.config.block}): pass the matching "
+                          "block, or start fresh")
+    state.net.load_state_dict(net.state_dict())
 
 
 def step_batch(config: TrainConfig, corpus: Corpus, pools: dict[int, np.ndarray], step: int

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from megacontext.adapter import random_model
+from megacontext.errors import RunMismatch
 from megacontext.gistnet import (
     GistNet,
     GistNetConfig,
@@ -26,6 +27,7 @@ from megacontext.train.gistnet import (
     new_state,
     save_checkpoint,
     start_at,
+    start_from_weights,
     train_gistnet,
     train_step,
 )
@@ -164,6 +166,22 @@ def test_a_checkpoint_written_before_the_block_option_still_loads(tmp_path: Path
     again = new_state(_config(tmp_path), MODEL)
     load_checkpoint(again, tmp_path / "c.pt")
     assert again.step == state.step
+
+
+def test_a_run_continues_exported_weights_of_its_own_shape_only(tmp_path: Path) -> None:
+    plain = new_state(_config(tmp_path), MODEL)
+    with torch.no_grad():
+        plain.net.query.add_(1.0)
+    path = save_gistnet(plain.net, tmp_path / "w", "gistnet-tiny", {"base_model": MODEL.id})
+    again = new_state(_config(tmp_path, seed=1), MODEL)
+    start_from_weights(again, path)
+    torch.testing.assert_close(again.net.query, plain.net.query.half().float())
+    llama = new_state(_config(tmp_path, net={"block": "llama"}), MODEL)
+    before = {k: v.clone() for k, v in llama.net.state_dict().items()}
+    with pytest.raises(RunMismatch, match="another shape"):
+        start_from_weights(llama, path)
+    for k, v in llama.net.state_dict().items():
+        torch.testing.assert_close(v, before[k])
 
 
 def _repo(root: Path) -> Path:
