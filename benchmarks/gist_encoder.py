@@ -1,23 +1,30 @@
-"""Benchmark: which GistNet encoder learns faster — `plain` or `llama` from the base layers?
+"""Benchmark: which GistNet encoder learns faster?
 
-    python benchmarks/gist_encoder.py [--minutes 90] [--batch 32] [--eval-every 20]
+    python benchmarks/gist_encoder.py [--arms plain,llama] [--minutes 90] [--batch 32]
+        [--eval-every 20] [--name gist_encoder]
 
-Two fresh GistNets train side by side on the standard library's training split, under the
-same recipe, seed and batches: both start at the same fitted constant (the trainer's start,
-`start_at`), then alternate optimiser steps (level 1 only, so that the comparison spends
-all of its budget where the target is hardest):
+Fresh GistNets ("arms") train side by side on the standard library's training split, under
+the same recipe, seed and batches: all start at the same fitted constant (the trainer's
+start, `start_at`), then take turns at optimiser steps (level 1 only, so that the
+comparison spends all of its budget where the target is hardest). The arms:
 
 - `plain`: the shipped shape (pre-LayerNorm blocks at width 512, learned positions), from
   a random start;
 - `llama`: the base model's own decoder-layer shape (RMSNorm, rotary positions,
   grouped-query attention, SwiGLU) at the base width, its blocks starting from the base
-  model's first layers, attending both ways.
+  model's first layers, attending both ways;
+- `readK` (e.g. `read4`): a plain GistNet that reads the children not as they are but as
+  the frozen base model's first K layers leave them, run causally over the children as
+  the base model itself would read them (plus the children themselves, both at token
+  norm). It asks whether an encoder that starts from the base model's own understanding of
+  the span compresses better than one that learns it from the token embeddings; the price
+  would be K base layers per token at index time.
 
-Every `--eval-every` steps both are scored on the same held-out stdlib spans (the
+Every `--eval-every` steps all are scored on the same held-out stdlib spans (the
 trainer's `evaluate`: recovery of the mean NLLs and the content control). It is a pilot on
 a CPU budget: equal steps, not convergence; the curve says which encoder to give a long GPU
 run. Writes benchmarks/results/gist_encoder.md (+ .png) after every evaluation, so a run
-stopped early still leaves its curve.
+stopped early still leaves its curve. `--name` names the results files.
 """
 
 from __future__ import annotations
@@ -30,10 +37,54 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
+
+
+class Reader(torch.nn.Module):
+    """A `readK` arm: frozen base layers 0..K−1 read the children causally; `net` (a plain
+    GistNet, the only trained part) pools what they make of them."""
+
+    def __init__(self, net: torch.nn.Module, model: object, layers: int) -> None:
+        from megacontext.gistnet import GistNetConfig, _LlamaBlock
+
+        super().__init__()
+        self.net = net
+        first = [model.decoder_layer(i) for i in range(layers)]
+        shape = first[0][0]
+        c = GistNetConfig(dim=model.dim, width=model.dim, block="llama", **shape)
+        blocks = []
+        for _, weights in first:
+            b = _LlamaBlock(c)
+            b.load_state_dict(weights)
+            blocks.append(b.eval().requires_grad_(False).to(model.device))
+        self._frozen = tuple(blocks)  # not registered: never trained, never counted
+        self.head = model.dim // c.heads
+        self.theta = c.rope_theta
+        self.token_norm = model.token_norm
+
+    def parameter_count(self) -> int:
+        return self.net.parameter_count()
+
+    def forward(self, children: torch.Tensor, mask: torch.Tensor, level: torch.Tensor
+                ) -> torch.Tensor:
+        from megacontext.gistnet import _rope_tables
+
+        K = children.shape[1]
+        with torch.no_grad():
+            x = children.float()
+            causal = torch.ones(K, K, dtype=torch.bool, device=x.device).tril()
+            keep = causal[None, None] & mask.to(x.device)[:, None, None, :]
+            rope = _rope_tables(K, self.head, self.theta, x.device)
+            for block in self._frozen:
+                x = block(x, keep, rope)
+            read = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+            raw = children.float() / children.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
+            feats = (read + raw) * (self.token_norm / 2**0.5)
+        return self.net(feats, mask, level)
 
 
 def main() -> None:
@@ -64,7 +115,13 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=None,
                     help="corpus cache folder (default: mcagent's user cache)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arms", default="plain,llama", help="comma-separated: plain, llama, readK")
+    ap.add_argument("--name", default="gist_encoder", help="results file stem")
     args = ap.parse_args()
+    arms = args.arms.split(",")
+    for arm in arms:
+        if arm not in ("plain", "llama") and not (arm.startswith("read") and arm[4:].isdigit()):
+            sys.exit(f"unknown arm {arm!r}: plain, llama or readK (e.g. read4)")
     started = time.monotonic()
     cache = args.cache or Path(platformdirs.user_cache_dir("mcagent"))
     model = load_base_model(ModelConfig(cache_dir=Path(platformdirs.user_cache_dir("mcagent")),
@@ -75,18 +132,22 @@ def main() -> None:
     base = dict(lib=lib, out=cache, steps=args.steps, batch=args.batch, accumulate=1,
                 level2_every=0, lr=args.lr, warmup=10, seed=args.seed,
                 constant_steps=args.constant_steps)
-    configs = {"plain": TrainConfig(**base), "llama": TrainConfig(**base, net={"block": "llama"})}
-    pools = {1: candidates(corpus, 1, configs["plain"].prefix, configs["plain"].horizon)}
+    configs = {arm: TrainConfig(**base, net={"block": "llama"} if arm == "llama" else {})
+               for arm in arms}
+    plain = TrainConfig(**base)
+    pools = {1: candidates(corpus, 1, plain.prefix, plain.horizon)}
     rng = np.random.default_rng([args.seed, 10**9])
-    val = rng.choice(candidates(held, 1, configs["plain"].prefix, configs["plain"].horizon),
+    val = rng.choice(candidates(held, 1, plain.prefix, plain.horizon),
                      size=args.eval_examples, replace=False)
 
     print("fitting the shared constant …", flush=True)
-    constant = fit_constant(configs["plain"], model, corpus, pools[1])
+    constant = fit_constant(plain, model, corpus, pools[1])
     states = {}
     for name, config in configs.items():
         states[name] = new_state(config, model)
         start_at(states[name].net, constant)
+        if name.startswith("read"):
+            states[name].net = Reader(states[name].net, model, int(name[4:]))
     params = {name: s.net.parameter_count() for name, s in states.items()}
     curves: dict[str, list[dict[str, float]]] = {name: [] for name in states}
     seconds = {name: 0.0 for name in states}
@@ -102,6 +163,7 @@ def main() -> None:
         write(curves, params, seconds, args, machine(), time.monotonic() - started)
 
     score(0)
+    first = arms[0]
     step = 0
     while step < args.steps and time.monotonic() - started < args.minutes * 60:
         for name, state in states.items():
@@ -114,7 +176,7 @@ def main() -> None:
             print(f"step {step} {m['loss']:.4f}", flush=True)
         if step % args.eval_every == 0:
             score(step)
-    if not curves["plain"] or curves["plain"][-1]["step"] != step:
+    if not curves[first] or curves[first][-1]["step"] != step:
         score(step)
 
 
@@ -122,35 +184,39 @@ def write(curves: dict[str, list[dict[str, float]]], params: dict[str, int],
           seconds: dict[str, float], args: argparse.Namespace, machine_text: str,
           elapsed: float) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    steps = [r["step"] for r in curves["plain"]]
+    arms = list(curves)
+    steps = [r["step"] for r in curves[arms[0]]]
     lines = [
-        "# GistNet encoder pilot: `plain` vs `llama` (from the base model's layers)",
+        "# GistNet encoder pilot: " + " vs ".join(f"`{a}`" for a in arms),
         "",
-        f"Machine: {machine_text}. Produced by `python benchmarks/gist_encoder.py --minutes "
-        f"{args.minutes:g} --batch {args.batch} --lr {args.lr:g} --steps {args.steps} "
-        f"--eval-every {args.eval_every} --eval-examples {args.eval_examples}` "
-        f"({elapsed / 60:.0f} min).",
+        f"Machine: {machine_text}. Produced by `python benchmarks/gist_encoder.py --arms "
+        f"{args.arms} --minutes {args.minutes:g} --batch {args.batch} --lr {args.lr:g} "
+        f"--steps {args.steps} --eval-every {args.eval_every} --eval-examples "
+        f"{args.eval_examples} --name {args.name}` ({elapsed / 60:.0f} min).",
         "",
-        "Both start at the same fitted constant and see the same level-1 batches (standard "
+        "All start at the same fitted constant and see the same level-1 batches (standard "
         "library training split, 64-token prefix, 48 tokens scored, base model in bfloat16). "
         f"Scored on the same {args.eval_examples} held-out stdlib spans: *recovery* of the "
         "mean NLLs, and *content* = recovery − the recovery with another span's gist (0: the "
-        "gists ignore their spans).",
+        "gists ignore their spans). The arms are described in the script's docstring.",
         "",
-        f"Parameters: plain {params['plain'] / 1e6:.2f}M, llama {params['llama'] / 1e6:.2f}M. "
-        f"Seconds per training step: plain {_rate(seconds, 'plain', steps)}, "
-        f"llama {_rate(seconds, 'llama', steps)}.",
+        "Trained parameters: " + ", ".join(f"{a} {params[a] / 1e6:.2f}M" for a in arms)
+        + ". Seconds per training step: "
+        + ", ".join(f"{a} {_rate(seconds, a, steps)}" for a in arms) + ".",
         "",
-        "| step | spans seen | plain recovery | llama recovery | plain content | llama content |",
-        "|---|---|---|---|---|---|",
+        "| step | spans seen | " + " | ".join(f"{a} recovery" for a in arms) + " | "
+        + " | ".join(f"{a} content" for a in arms) + " |",
+        "|---|---|" + "---|" * (2 * len(arms)),
     ]
-    for p, q in zip(curves["plain"], curves["llama"], strict=True):
-        lines.append(f"| {p['step']} | {p['step'] * args.batch} | {p['recovery']:.3f} | "
-                     f"{q['recovery']:.3f} | {p['content']:.3f} | {q['content']:.3f} |")
-    lines += ["", "![curves](gist_encoder.png)", ""]
-    (RESULTS / "gist_encoder.md").write_text("\n".join(lines))
-    (RESULTS / "gist_encoder.json").write_text(json.dumps(curves, indent=1) + "\n")
-    plot(curves)
+    for i, step in enumerate(steps):
+        rows = [curves[a][i] for a in arms]
+        lines.append(f"| {step} | {step * args.batch} | "
+                     + " | ".join(f"{r['recovery']:.3f}" for r in rows) + " | "
+                     + " | ".join(f"{r['content']:.3f}" for r in rows) + " |")
+    lines += ["", f"![curves]({args.name}.png)", ""]
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(curves, indent=1) + "\n")
+    plot(curves, args.name)
 
 
 def _rate(seconds: dict[str, float], name: str, steps: list[int]) -> str:
@@ -158,7 +224,7 @@ def _rate(seconds: dict[str, float], name: str, steps: list[int]) -> str:
     return f"{seconds[name] / done:.1f}" if done else "–"
 
 
-def plot(curves: dict[str, list[dict[str, float]]]) -> None:
+def plot(curves: dict[str, list[dict[str, float]]], stem: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,7 +241,7 @@ def plot(curves: dict[str, list[dict[str, float]]]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "gist_encoder.png", dpi=110)
+    fig.savefig(RESULTS / f"{stem}.png", dpi=110)
     plt.close(fig)
 
 
