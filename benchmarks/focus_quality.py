@@ -42,6 +42,7 @@ def main() -> None:
     import platformdirs
 
     from benchmarks.index_speed import machine
+    from benchmarks.plotting import pyplot
     from megacontext.adapter import ModelConfig, load_base_model
     from megacontext.ask import AskConfig, AskSession
     from megacontext.gistnet import default_gist_model
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--scorers", nargs="+", default=list(SCORERS))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    pyplot()  # before the long run, not after it
     model = load_base_model(ModelConfig(cache_dir=Path(platformdirs.user_cache_dir("mcagent")),
                                         dtype="bfloat16"))
     gist_model = default_gist_model(model)
@@ -125,11 +127,9 @@ def target_nll(session: object, entries: list, task: object) -> float:
 
 
 def write(rows: list[dict], sizes: dict, args: argparse.Namespace, machine_text: str) -> None:
-    import matplotlib
+    from benchmarks.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     scorers = [s for s in SCORERS if any(r["scorer"] == s for r in rows)]
     def pick(scorer: str, budget: int) -> list[dict]:
         return [r for r in rows if r["scorer"] == scorer and r["budget"] == budget]

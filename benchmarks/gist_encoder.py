@@ -91,6 +91,7 @@ def main() -> None:
     import platformdirs
 
     from benchmarks.index_speed import machine
+    from benchmarks.plotting import pyplot
     from megacontext.adapter import ModelConfig, load_base_model
     from megacontext.train.data import cached_corpus, stdlib_files
     from megacontext.train.gistnet import (
@@ -118,6 +119,7 @@ def main() -> None:
     ap.add_argument("--arms", default="plain,llama", help="comma-separated: plain, llama, readK")
     ap.add_argument("--name", default="gist_encoder", help="results file stem")
     args = ap.parse_args()
+    pyplot()  # before the long run, not after it
     arms = args.arms.split(",")
     for arm in arms:
         if arm not in ("plain", "llama") and not (arm.startswith("read") and arm[4:].isdigit()):
@@ -225,11 +227,9 @@ def _rate(seconds: dict[str, float], name: str, steps: list[int]) -> str:
 
 
 def plot(curves: dict[str, list[dict[str, float]]], stem: str) -> None:
-    import matplotlib
+    from benchmarks.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for name, rows in curves.items():
         x = [r["step"] for r in rows]

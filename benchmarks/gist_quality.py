@@ -50,6 +50,7 @@ def main() -> None:
     import torch
 
     from benchmarks.index_speed import machine
+    from benchmarks.plotting import pyplot
     from megacontext.adapter import ModelConfig, load_base_model
     from megacontext.gist import MeanPoolGist
     from megacontext.gistnet import load_gistnet, shipped_weights
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="gist_quality", help="results file name (no suffix)")
     args = ap.parse_args()
+    pyplot()  # before the long run, not after it
     torch.manual_seed(args.seed)
     cache = Path(platformdirs.user_cache_dir("mcagent"))
     model = load_base_model(ModelConfig(cache_dir=cache))
@@ -236,14 +238,9 @@ def write(rows: dict, weights: Path, manifest: dict, machine_text: str, seconds:
 
 
 def plot(rows: dict, path: Path) -> None:
-    try:
-        import matplotlib
+    from benchmarks.plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot")
-        return
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 4), sharey=True)
     for ax, ((name, level), r) in zip(np.atleast_1d(axes), rows.items(), strict=True):
         raw = np.asarray(r["raw"])

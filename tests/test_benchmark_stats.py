@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
+import pytest
 
 from benchmarks.gist_quality import (
     BENEFIT_BINS,
@@ -12,6 +15,7 @@ from benchmarks.gist_quality import (
     recovery,
     verdict,
 )
+from benchmarks.plotting import pyplot
 
 
 def test_per_example_recovery_keeps_only_spans_that_help() -> None:
@@ -50,3 +54,11 @@ def test_in_benefit_splits_examples_by_what_their_span_is_worth() -> None:
     assert small == {"raw": [1.0], "drop": [1.05], "gist": [1.0]}
     assert middle["drop"] == [1.2] and large["drop"] == [2.0]
     assert np.allclose(per_example(large, "gist"), [0.5])
+
+
+def test_benchmarks_without_matplotlib_stop_with_one_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    with pytest.raises(SystemExit) as stop:
+        pyplot()
+    assert "pip install -e '.[bench]'" in str(stop.value) and "\n" not in str(stop.value)
