@@ -1,6 +1,8 @@
 """Benchmark: does the focus hold the function a question is about at full resolution?
 
     python benchmarks/focus_quality.py [--packages click rich] [--needles 40] [--nll-tasks 8]
+        [--scorers …] [--gistnet W.safetensors] [--gistnet-upper W.safetensors]
+        [--name focus_quality]
 
 Needle tasks from third-party packages installed here (never trained on): the question is a
 function's docstring summary; the repository is the whole package with the docstrings of
@@ -16,20 +18,29 @@ budgets 1024, 2048 and 4096 and every scorer (lensnet, bm25, dense, repomap), in
   `lensnet` and `dense` it includes embedding every block with all-MiniLM-L6-v2; both keep
   the vectors in one cache beside the index, so the scorer that runs first pays for it).
 
-Writes benchmarks/results/focus_quality.md and focus_quality.png.
+The gists are the shipped GistNet's unless `--gistnet` names other weights (LensNet stays
+the shipped one); `--gistnet-upper` takes the gists of levels ≥ 3 (files, folders: the
+levels GistNet is not trained on) from other weights, to tell where gists help or hurt.
+Writes benchmarks/results/NAME.md, NAME.png and NAME.json (every task's row, for paired
+comparisons between runs, `focus_pairs.py`); NAME is `focus_quality` unless `--name` says.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from megacontext.gist import GistModel
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -45,7 +56,7 @@ def main() -> None:
     from benchmarks.plotting import pyplot
     from megacontext.adapter import ModelConfig, load_base_model
     from megacontext.ask import AskConfig, AskSession
-    from megacontext.gistnet import default_gist_model
+    from megacontext.gistnet import default_gist_model, load_gistnet
     from megacontext.indexer import IndexConfig, index_repository
     from megacontext.store import Store, db_path
     from megacontext.train.lensnet import gold_blocks
@@ -57,11 +68,20 @@ def main() -> None:
     ap.add_argument("--nll-tasks", type=int, default=8)
     ap.add_argument("--scorers", nargs="+", default=list(SCORERS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gistnet", type=Path, help="GistNet weights (default: the shipped ones)")
+    ap.add_argument("--gistnet-upper", type=Path, help="GistNet weights for levels >= 3")
+    ap.add_argument("--name", default="focus_quality", help="results file stem")
     args = ap.parse_args()
+    for weights in (args.gistnet, args.gistnet_upper):
+        if weights is not None and not weights.is_file():
+            sys.exit(f"error: no GistNet weights at {weights}")
     pyplot()  # before the long run, not after it
     model = load_base_model(ModelConfig(cache_dir=Path(platformdirs.user_cache_dir("mcagent")),
                                         dtype="bfloat16"))
-    gist_model = default_gist_model(model)
+    gist_model = (load_gistnet(args.gistnet)[0] if args.gistnet is not None
+                  else default_gist_model(model))
+    if args.gistnet_upper is not None:
+        gist_model = SplitByLevel(gist_model, load_gistnet(args.gistnet_upper)[0])
     work = Path(tempfile.mkdtemp(prefix="focus-quality-"))
     rows: list[dict] = []
     sizes = {}
@@ -102,7 +122,26 @@ def main() -> None:
                     for b in BUDGETS), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write(rows, sizes, args, machine())
+    write(rows, sizes, args, machine(), gist_model.description)
+
+
+class SplitByLevel:
+    """Diagnostic gist model: levels 1-2 from one, levels >= 3 from another."""
+
+    def __init__(self, lower: GistModel, upper: GistModel) -> None:
+        self.lower, self.upper = lower, upper
+        self.id = f"split-{lower.id}-{upper.id}"
+        self.description = (f"levels 1-2: {lower.description}; levels ≥ 3: "
+                            f"{upper.description}")
+
+    def __call__(self, children: torch.Tensor, mask: torch.Tensor, level: torch.Tensor
+                 ) -> torch.Tensor:
+        out = self.lower(children, mask, level)
+        upper = level.to(out.device) >= 3
+        if bool(upper.any()):
+            out = out.clone()
+            out[upper] = self.upper(children[upper], mask[upper], level[upper]).to(out.dtype)
+        return out
 
 
 def target_nll(session: object, entries: list, task: object) -> float:
@@ -126,7 +165,8 @@ def target_nll(session: object, entries: list, task: object) -> float:
     return float(nll[0])
 
 
-def write(rows: list[dict], sizes: dict, args: argparse.Namespace, machine_text: str) -> None:
+def write(rows: list[dict], sizes: dict, args: argparse.Namespace, machine_text: str,
+          gists: str) -> None:
     from benchmarks.plotting import pyplot
 
     plt = pyplot()
@@ -139,7 +179,13 @@ def write(rows: list[dict], sizes: dict, args: argparse.Namespace, machine_text:
     lines = [
         "# Focus quality: is the needle function held at full resolution?", "",
         f"Machine: {machine_text}. Produced by `python benchmarks/focus_quality.py --packages "
-        f"{' '.join(args.packages)} --needles {args.needles} --nll-tasks {args.nll_tasks}`.",
+        f"{' '.join(args.packages)} --needles {args.needles} --nll-tasks {args.nll_tasks}"
+        + (f" --scorers {' '.join(args.scorers)}" if args.scorers != list(SCORERS) else "")
+        + (f" --gistnet {args.gistnet}" if args.gistnet is not None else "")
+        + (f" --gistnet-upper {args.gistnet_upper}" if args.gistnet_upper is not None
+           else "")
+        + (f" --name {args.name}" if args.name != "focus_quality" else "") + "`.",
+        f"Gists: {gists}.",
         "Repositories: " + ", ".join(f"`{p}` ({f} files, {t:,} tokens)" for p, (f, t) in
                                      sizes.items()) + " — third-party, never trained on. "
         f"{tasks} needle tasks: the question is a function's docstring summary; the picked "
@@ -174,7 +220,8 @@ def write(rows: list[dict], sizes: dict, args: argparse.Namespace, machine_text:
                   f"+5). {'Met.' if gap >= 0.05 else 'Not met.'}"]
     lines.append("")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "focus_quality.md").write_text("\n".join(lines))
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(rows, indent=0) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     for s in scorers:
         ax.plot(BUDGETS, [np.mean([r["recall"] for r in pick(s, b)]) for b in BUDGETS],
@@ -186,8 +233,8 @@ def write(rows: list[dict], sizes: dict, args: argparse.Namespace, machine_text:
     ax.set_title(f"Needle function fully raw ({tasks} tasks, {', '.join(sizes)})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "focus_quality.png", dpi=120)
-    print((RESULTS / "focus_quality.md").read_text())
+    fig.savefig(RESULTS / f"{args.name}.png", dpi=120)
+    print((RESULTS / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":

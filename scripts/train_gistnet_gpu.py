@@ -28,7 +28,8 @@ GistNet f0e0dacd continued 80da8824 this way on one H100: `--batch 64 --accumula
 --level2-batch 16 --lr 3e-4 --warmup 50 --eval-every 100 --steps 1800`, about 0.8 s per
 step (256 level-1 spans, or 64 level-2 groups every 4th step). GistNet bd4830c3 continued
 f0e0dacd the same way (`--init`, a fresh AdamW, `--steps 1800` then 1650 on resuming),
-1,647 steps at about 1.0 s each. The shipped GistNet continued bd4830c3 with the same
+1,647 steps at about 1.0 s each. GistNet 01736cfa (not shipped: its gists do worse in a
+working context, `benchmarks/results/gists_in_context.md`) continued bd4830c3 with the same
 objective in one micro-batch per step (`--batch 256 --accumulate 1 --level2-batch 64`):
 0.34 s per step, three times the throughput (at 64 spans per forward the H100 waits on
 kernel launches), 4,636 steps in one session's device time.

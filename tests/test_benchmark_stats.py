@@ -1,12 +1,15 @@
-"""The statistics the gist-quality benchmark reports its verdicts with."""
+"""The statistics and helpers the benchmarks report their results with."""
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks import focus_pairs
 from benchmarks.gist_quality import (
     BENEFIT_BINS,
     in_benefit,
@@ -62,3 +65,39 @@ def test_benchmarks_without_matplotlib_stop_with_one_line(
     with pytest.raises(SystemExit) as stop:
         pyplot()
     assert "pip install -e '.[bench]'" in str(stop.value) and "\n" not in str(stop.value)
+
+
+def test_focus_runs_pair_task_for_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                       ) -> None:
+    def rows(nlls: list[float | None]) -> list[dict]:  # task "f" twice: paired in order
+        return [{"scorer": "dense", "package": "p", "task": t, "budget": 1024,
+                 "recall": i % 2 == 0, "nll": n}
+                for i, (t, n) in enumerate(zip(["f", "g", "f"], nlls, strict=True))]
+
+    (tmp_path / "ref.json").write_text(json.dumps(rows([1.0, 2.0, 3.0])))
+    (tmp_path / "new.json").write_text(json.dumps(rows([1.5, 1.5, 4.0])))
+    (tmp_path / "new.md").write_text("# x\nGists: GistNet abc (9 steps).\n")
+    monkeypatch.setattr(focus_pairs, "RESULTS", tmp_path)
+    text = "\n".join(focus_pairs.compare(["ref", "new"]))
+    assert "| `new` | GistNet abc (9 steps) |" in text
+    # differences +0.5, -0.5, +1.0: mean +0.333, median +0.5, worse on 2 of 3
+    assert "| `new` | 66.7% | 2.333 | +0.333 [" in text and "| +0.500 | 2/3 |" in text
+
+
+def test_split_gist_model_takes_levels_from_3_up_from_the_upper_one() -> None:
+    import torch
+
+    from benchmarks.focus_quality import SplitByLevel
+
+    class Const:
+        def __init__(self, value: float, name: str) -> None:
+            self.value, self.id, self.description = value, name, name
+
+        def __call__(self, children: torch.Tensor, mask: torch.Tensor, level: torch.Tensor
+                     ) -> torch.Tensor:
+            return torch.full((len(children), children.shape[-1]), self.value)
+
+    split = SplitByLevel(Const(1.0, "a"), Const(2.0, "b"))
+    out = split(torch.zeros(4, 3, 5), torch.ones(4, 3, dtype=torch.bool),
+                torch.tensor([1, 3, 2, 4]))
+    assert out[:, 0].tolist() == [1.0, 2.0, 1.0, 2.0] and split.id == "split-a-b"
