@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +44,11 @@ def load(name: str) -> dict[tuple, dict]:
     if not path.is_file():
         sys.exit(f"error: no {path.name} in {RESULTS} (run focus_quality.py --name {name})")
     out: dict[tuple, dict] = {}
+    seen: Counter[tuple] = Counter()
     for r in json.loads(path.read_text()):  # a task name can repeat: count its occurrences
         key = (r["scorer"], r["package"], r["task"], r["budget"])
-        seen = sum(1 for k in out if k[:4] == key)
-        out[(*key, seen)] = r
+        out[(*key, seen[key])] = r
+        seen[key] += 1
     return out
 
 

@@ -221,7 +221,8 @@ def write(rows: list[dict], sizes: dict, args: argparse.Namespace, machine_text:
     lines.append("")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines))
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(rows, indent=0) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(  # one task's row per line
+        "[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     for s in scorers:
         ax.plot(BUDGETS, [np.mean([r["recall"] for r in pick(s, b)]) for b in BUDGETS],
