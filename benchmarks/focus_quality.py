@@ -2,7 +2,7 @@
 
     python benchmarks/focus_quality.py [--packages click rich] [--needles 40] [--nll-tasks 8]
         [--scorers …] [--gistnet W.safetensors] [--gistnet-upper W.safetensors]
-        [--name focus_quality]
+        [--drop-gists-from LEVEL] [--name focus_quality]
 
 Needle tasks from third-party packages installed here (never trained on): the question is a
 function's docstring summary; the repository is the whole package with the docstrings of
@@ -21,6 +21,9 @@ budgets 1024, 2048 and 4096 and every scorer (lensnet, bm25, dense, repomap), in
 The gists are the shipped GistNet's unless `--gistnet` names other weights (LensNet stays
 the shipped one); `--gistnet-upper` takes the gists of levels ≥ 3 (files, folders: the
 levels GistNet is not trained on) from other weights, to tell where gists help or hurt.
+`--drop-gists-from L` deletes the gists of levels ≥ L from the working context before the
+target NLL (1: every gist; raw blocks stay where the focus put them): the deleted-gists
+baseline that a context of gists has to beat.
 Writes benchmarks/results/NAME.md, NAME.png and NAME.json (every task's row, for paired
 comparisons between runs, `focus_pairs.py`); NAME is `focus_quality` unless `--name` says.
 """
@@ -70,11 +73,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gistnet", type=Path, help="GistNet weights (default: the shipped ones)")
     ap.add_argument("--gistnet-upper", type=Path, help="GistNet weights for levels >= 3")
+    ap.add_argument("--drop-gists-from", type=int, metavar="LEVEL",
+                    help="delete gists of this level and above before the target NLL")
     ap.add_argument("--name", default="focus_quality", help="results file stem")
     args = ap.parse_args()
     for weights in (args.gistnet, args.gistnet_upper):
         if weights is not None and not weights.is_file():
             sys.exit(f"error: no GistNet weights at {weights}")
+    if args.drop_gists_from is not None and args.drop_gists_from < 1:
+        sys.exit("error: --drop-gists-from takes a level of 1 or more")
     pyplot()  # before the long run, not after it
     model = load_base_model(ModelConfig(cache_dir=Path(platformdirs.user_cache_dir("mcagent")),
                                         dtype="bfloat16"))
@@ -114,7 +121,8 @@ def main() -> None:
                                "seconds": timings["score"] + timings["allocate"],
                                "load": load, "nll": None}
                         if n < args.nll_tasks:
-                            row["nll"] = target_nll(session, entries, task)
+                            row["nll"] = target_nll(session, kept(session, entries,
+                                                                  args.drop_gists_from), task)
                         rows.append(row)
                 done = [r for r in rows if r["package"] == package and r["scorer"] == scorer]
                 print(f"{package} {scorer}: recall " + ", ".join(
@@ -122,7 +130,21 @@ def main() -> None:
                     for b in BUDGETS), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write(rows, sizes, args, machine(), gist_model.description)
+    gists = gist_model.description
+    if args.drop_gists_from is not None:
+        gists = (f"none (every gist deleted before the target NLL; {gists} for the focus)"
+                 if args.drop_gists_from == 1 else
+                 f"{gists}, gists of levels ≥ {args.drop_gists_from} deleted before the "
+                 "target NLL")
+    write(rows, sizes, args, machine(), gists)
+
+
+def kept(session: object, entries: list, drop_from: int | None) -> list:
+    """The entries without the gists of levels ≥ `drop_from` (all of them when None)."""
+    if drop_from is None:
+        return entries
+    level = session.repo.level
+    return [e for e in entries if e.raw or int(level[e.node]) < drop_from]
 
 
 class SplitByLevel:
@@ -183,6 +205,8 @@ def write(rows: list[dict], sizes: dict, args: argparse.Namespace, machine_text:
         + (f" --scorers {' '.join(args.scorers)}" if args.scorers != list(SCORERS) else "")
         + (f" --gistnet {args.gistnet}" if args.gistnet is not None else "")
         + (f" --gistnet-upper {args.gistnet_upper}" if args.gistnet_upper is not None
+           else "")
+        + (f" --drop-gists-from {args.drop_gists_from}" if args.drop_gists_from is not None
            else "")
         + (f" --name {args.name}" if args.name != "focus_quality" else "") + "`.",
         f"Gists: {gists}.",

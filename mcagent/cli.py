@@ -482,6 +482,9 @@ def train_gistnet_command(
         min=1, help="Micro-batches per optimiser step (large batches keep gists from "
                     "collapsing to one vector).")] = 4,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = 1e-4,
+    context_every: Annotated[int, typer.Option(
+        min=0, help="Every n-th step trains many gists of levels 1-3 in one context against "
+                    "the all-raw text (0: never, 1: every step).")] = 0,
     block: Annotated[str, typer.Option(
         help="Encoder block: plain, or llama (the base model's layer shape, started from "
              "its first layers).")] = "plain",
@@ -502,6 +505,7 @@ def train_gistnet_command(
             raise ConfigError(f"--block must be plain or llama, not {block!r}")
         train = TrainConfig(lib=lib_dir.resolve(), out=out_dir.resolve(), steps=steps,
                             batch=batch, accumulate=accumulate, lr=lr, seed=seed,
+                            context_every=context_every,
                             net={"block": block} if block != "plain" else {})
 
         def report(step: int, total: int, metrics: dict[str, float]) -> None:

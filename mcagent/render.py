@@ -237,12 +237,15 @@ def _files_tree(files: dict[str, dict[str, int]]) -> Tree:
 
 def train_line(step: int, total: int, m: dict[str, float]) -> str:
     """One line per training step; held-out recovery when the step ran an evaluation."""
-    line = (f"step {step}/{total}  level {int(m['level'])}  loss {m['loss']:.3f}  "
+    kind = f"level {int(m['level'])}" if m["level"] else "context"
+    line = (f"step {step}/{total}  {kind}  loss {m['loss']:.3f}  "
             f"kl {m['kl']:.3f}  nll gist {m['nll_gist']:.3f} raw {m['nll_raw']:.3f}")
     if "l1_recovery" in m:
         line += (f"  | held-out recovery L1 {m['l1_recovery']:.3f} L2 {m['l2_recovery']:.3f}"
                  f"  (from content: L1 {m.get('l1_content', float('nan')):+.3f} "
                  f"L2 {m.get('l2_content', float('nan')):+.3f})")
+    if "ctx_recovery" in m:
+        line += f"  in context {m['ctx_recovery']:.3f}"
     return line
 
 

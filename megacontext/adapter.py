@@ -173,18 +173,23 @@ class BaseModel:
                                position_ids=positions, past_key_values=cache, use_cache=True)
         return out.logits, out.past_key_values
 
+    def logits_at(self, embeds: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """(B, H, V) logits at positions `at` (B, H) of the (B, T, D) right-padded `embeds`.
+        Only those positions go through the output head: a full (B, T, V) logit tensor is
+        never made. Gradients flow to `embeds` wherever autograd is on."""
+        lm = self.causal_lm()
+        hidden = lm.base_model(inputs_embeds=embeds.to(self.device, self.dtype),
+                               use_cache=False).last_hidden_state
+        picked = hidden.gather(1, at.to(self.device)[..., None].expand(-1, -1,
+                                                                       hidden.shape[-1]))
+        return lm.get_output_embeddings()(picked)
+
     def target_nll(self, embeds: torch.Tensor, at: torch.Tensor, targets: torch.Tensor,
                    valid: torch.Tensor) -> torch.Tensor:
         """Mean NLL per row of `targets` (B, H), each predicted from position `at` (B, H) of
-        the (B, T, D) right-padded `embeds` (`valid` (B, H) marks real targets). Only those
-        positions go through the output head: a full (B, T, V) logit tensor is never made."""
-        lm = self.causal_lm()
+        the (B, T, D) right-padded `embeds` (`valid` (B, H) marks real targets)."""
         with torch.no_grad():
-            hidden = lm.base_model(inputs_embeds=embeds.to(self.device, self.dtype),
-                                   use_cache=False).last_hidden_state
-            picked = hidden.gather(1, at.to(self.device)[..., None].expand(-1, -1,
-                                                                           hidden.shape[-1]))
-            logp = lm.get_output_embeddings()(picked).float().log_softmax(-1)
+            logp = self.logits_at(embeds, at).float().log_softmax(-1)
         nll = -logp.gather(-1, targets.to(self.device)[..., None]).squeeze(-1).cpu()
         v = valid.float()
         return (nll * v).sum(1) / v.sum(1).clamp_min(1)

@@ -33,6 +33,12 @@ working context, `benchmarks/results/gists_in_context.md`) continued bd4830c3 wi
 objective in one micro-batch per step (`--batch 256 --accumulate 1 --level2-batch 64`):
 0.34 s per step, three times the throughput (at 64 spans per forward the H100 waits on
 kernel launches), 4,636 steps in one session's device time.
+
+`--context-every N` makes one step in N a many-gist context step (`--context-batch`
+windows of `--context-blocks` blocks, up to twice `--context-foreign` gists of other text
+among them); the held-out check then reports `ctx_recovery` as well. The CPU pilots in
+`benchmarks/results/gists_in_context.md` ran this script with `--dtype bfloat16` (the
+default on a CPU is float32).
 """
 
 from __future__ import annotations
@@ -113,14 +119,18 @@ def unpack(path: Path) -> tuple[str, Corpus, Corpus]:
 
 def train(args: argparse.Namespace) -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
-    model = load_base_model(ModelConfig())
+    model = load_base_model(ModelConfig(dtype=args.dtype))
     model_id, corpus, held = unpack(args.corpus)
     if model_id != model.id:
         sys.exit(f"corpus was tokenised for {model_id}, this base model is {model.id}")
     config = TrainConfig(lib=Path("(packed corpus)"), out=args.out, steps=args.steps,
                          batch=args.batch, accumulate=args.accumulate,
                          level2_batch=args.level2_batch, level2_every=args.level2_every,
+                         context_every=args.context_every, context_batch=args.context_batch,
+                         context_blocks=args.context_blocks,
+                         context_foreign=args.context_foreign,
                          lr=args.lr, warmup=args.warmup, eval_every=args.eval_every,
+                         eval_examples=args.eval_examples,
                          checkpoint_every=args.checkpoint_every, seed=args.seed,
                          net={"block": args.block} if args.block != "plain" else {})
     checkpoint = args.out / "checkpoint.pt"
@@ -167,9 +177,14 @@ def main() -> None:
                    help="llama: the base model's layer shape, from its first layers")
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--seconds", type=float, default=480)
+    t.add_argument("--dtype", default="auto",
+                   help="the base model's dtype (auto: bfloat16 on a GPU, float32 on a CPU)")
     defaults = TrainConfig(lib=Path(), out=Path())
-    for name in ("steps", "batch", "accumulate", "level2_batch", "level2_every", "warmup",
-                 "eval_every", "checkpoint_every", "seed"):
+    for name in ("steps", "batch", "accumulate", "level2_batch", "level2_every",
+                 "context_every", "context_batch", "context_blocks",
+                 "context_foreign", "warmup", "eval_every",
+                 "eval_examples",
+                 "checkpoint_every", "seed"):
         t.add_argument("--" + name.replace("_", "-"), type=int,
                        default=getattr(defaults, name))
     t.add_argument("--lr", type=float, default=defaults.lr)

@@ -101,3 +101,16 @@ def test_split_gist_model_takes_levels_from_3_up_from_the_upper_one() -> None:
     out = split(torch.zeros(4, 3, 5), torch.ones(4, 3, dtype=torch.bool),
                 torch.tensor([1, 3, 2, 4]))
     assert out[:, 0].tolist() == [1.0, 2.0, 1.0, 2.0] and split.id == "split-a-b"
+
+
+def test_dropping_gists_keeps_raw_blocks_and_the_gists_below_the_level() -> None:
+    from types import SimpleNamespace
+
+    from benchmarks.focus_quality import kept
+    from megacontext.allocator import Entry
+
+    session = SimpleNamespace(repo=SimpleNamespace(level=np.array([1, 1, 2, 3, 4])))
+    entries = [Entry(0, raw=True), Entry(1), Entry(2), Entry(3), Entry(4)]
+    assert kept(session, entries, None) == entries
+    assert kept(session, entries, 1) == [Entry(0, raw=True)]
+    assert kept(session, entries, 3) == entries[:3]

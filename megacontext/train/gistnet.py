@@ -3,7 +3,11 @@
 Each step draws `accumulate` seeded micro-batches of level-1 blocks (every `level2_every`-th
 step: level-2 groups, gisted from their blocks' level-1 gists by the same network) from the
 standard library's training split, and minimises KL(P_raw ‖ P_gist) + NLL_gist over the
-next H tokens.
+next H tokens. Every `context_every`-th step is a *context* step instead (`objective.py`):
+windows of blocks laid out as raw blocks and gists of levels 1–3, with gists of other text
+among them, scored on every raw token after the first gist against the all-raw text — how
+gists are used, many at a time — and scored the same way on held-out windows
+(`ctx_recovery`: below 0, the gists do worse than deleting them).
 
 **Start from the best constant, then learn content.** Trained from a random start with
 small batches, GistNet collapses: it learns the one vector that does best for every span (a
@@ -39,12 +43,18 @@ from megacontext.gistnet import GistNet, GistNetConfig, cosine_lr, load_gistnet,
 from megacontext.train.data import HOLDOUT_PACKAGES, Corpus, cached_corpus, stdlib_files
 from megacontext.train.objective import (
     candidates,
+    context_candidates,
+    context_losses,
     gist_batch,
+    gist_pieces,
     loss_of,
     make_batch,
+    make_context_batch,
     substitution,
     substitutions,
 )
+
+CONTEXT = 0  # the `level` of a many-gist context step in a run's history
 
 Progress = Callable[[int, int, dict[str, float]], None]  # (step, total, metrics)
 
@@ -58,6 +68,10 @@ class TrainConfig:
     accumulate: int = 4  # micro-batches per optimiser step
     level2_batch: int = 4  # level-2 examples per micro-batch (their teacher pass is long)
     level2_every: int = 4  # every n-th step is a level-2 step
+    context_every: int = 0  # every n-th step is a many-gist context step (0: none, 1: all)
+    context_batch: int = 8  # context examples per micro-batch
+    context_blocks: int = 20  # blocks in a context example's window
+    context_foreign: int = 16  # mean foreign gists per context example (0 to twice this)
     prefix: int = 64
     horizon: int = 48
     lr: float = 1e-4
@@ -136,12 +150,17 @@ def start_from_weights(state: TrainState, weights: Path) -> None:
     state.net.load_state_dict(net.state_dict())
 
 
+def _every(n: int, step: int) -> bool:
+    return bool(n) and step % n == n - 1
+
+
 def step_batch(config: TrainConfig, corpus: Corpus, pools: dict[int, np.ndarray], step: int
                ) -> tuple[int, list[np.ndarray]]:
-    """(level, corpus rows of each micro-batch) of step `step`: a function of (seed, step)."""
-    level = 2 if config.level2_every and step % config.level2_every == config.level2_every - 1 \
-        else 1
-    n = config.batch if level == 1 else config.level2_batch
+    """(level, corpus rows of each micro-batch) of step `step`: a function of (seed, step).
+    Level `CONTEXT` (0): a many-gist context step, whose rows are its windows' first blocks."""
+    level = CONTEXT if _every(config.context_every, step) else \
+        2 if _every(config.level2_every, step) else 1
+    n = {CONTEXT: config.context_batch, 1: config.batch, 2: config.level2_batch}[level]
     return level, [np.random.default_rng([config.seed, step, m]).choice(
         pools[level], size=n, replace=False) for m in range(config.accumulate)]
 
@@ -156,9 +175,15 @@ def train_step(state: TrainState, config: TrainConfig, model: BaseModel, corpus:
         group["lr"] = lr
     state.optimizer.zero_grad(set_to_none=True)
     sums = np.zeros(4)
-    for rows in micro_batches:
-        batch = make_batch(corpus, rows, level, config.prefix, config.horizon)
-        losses = substitution(model, batch, gist_batch(net, model, batch, model.device))
+    for m, rows in enumerate(micro_batches):
+        if level == CONTEXT:
+            rng = np.random.default_rng([config.seed, state.step, m, 1])
+            cb = make_context_batch(corpus, rows, config.context_blocks, config.prefix,
+                                    config.horizon, rng, config.context_foreign)
+            losses = context_losses(model, cb, gist_pieces(net, model, cb, model.device))
+        else:
+            batch = make_batch(corpus, rows, level, config.prefix, config.horizon)
+            losses = substitution(model, batch, gist_batch(net, model, batch, model.device))
         loss = loss_of(losses)
         (loss / len(micro_batches)).backward()
         sums += [loss.item(), losses.kl.mean().item(), losses.nll_gist.mean().item(),
@@ -217,6 +242,26 @@ def evaluate(net: GistNet, model: BaseModel, corpus: Corpus, rows: np.ndarray, l
             "content": (stranger - gist) / (drop - raw) if helps else float("nan")}
 
 
+def evaluate_context(net: GistNet, model: BaseModel, corpus: Corpus, rows: np.ndarray,
+                     config: TrainConfig, batch: int = 4) -> dict[str, float]:
+    """Many gists in one context, on fixed windows and layouts: mean NLLs over the targets
+    (every raw token after the first gist) all raw, with the gists, and with the gists
+    deleted, and the recovery of the means — what the gists are worth to the base model in
+    each other's company (below 0: worse than deleting them)."""
+    net.eval()
+    sums = np.zeros(3)
+    with torch.no_grad():
+        for lo in range(0, len(rows), batch):
+            rng = np.random.default_rng([config.seed, 10**9, lo])
+            cb = make_context_batch(corpus, rows[lo : lo + batch], config.context_blocks,
+                                    config.prefix, config.horizon, rng, config.context_foreign)
+            r = context_losses(model, cb, gist_pieces(net, model, cb, model.device), True)
+            sums += [float(r.nll_raw.sum()), float(r.nll_gist.sum()), float(r.nll_drop.sum())]
+    raw, gist, drop = sums / len(rows)
+    return {"nll_raw": raw, "nll_gist": gist, "nll_drop": drop,
+            "recovery": (drop - gist) / (drop - raw) if drop > raw else float("nan")}
+
+
 def train_gistnet(config: TrainConfig, model: BaseModel, progress: Progress,
                   stop_after: float | None = None,
                   corpora: tuple[Corpus, Corpus] | None = None) -> TrainState:
@@ -231,28 +276,43 @@ def train_gistnet(config: TrainConfig, model: BaseModel, progress: Progress,
     else:
         corpus, held = corpora
     pools = {lvl: candidates(corpus, lvl, config.prefix, config.horizon) for lvl in (1, 2)}
+    pools[CONTEXT] = context_candidates(corpus, config.context_blocks, config.prefix,
+                                        config.horizon)
     rng = np.random.default_rng([config.seed, 10**9])
     val = {lvl: rng.choice(candidates(held, lvl, config.prefix, config.horizon),
                            size=config.eval_examples if lvl == 1 else config.eval_examples // 2,
                            replace=False) for lvl in (1, 2)}
+    held_windows = context_candidates(held, config.context_blocks, config.prefix,
+                                      config.horizon)
+    val[CONTEXT] = rng.choice(held_windows, size=min(config.eval_examples // 2,
+                                                     len(held_windows)), replace=False)
     state = new_state(config, model)
     checkpoint = config.out / "checkpoint.pt"
     if checkpoint.is_file():
         load_checkpoint(state, checkpoint)
     elif config.constant_steps:
         start_at(state.net, fit_constant(config, model, corpus, pools[1]))
+
+    def held_out() -> dict[str, float]:
+        result: dict[str, float] = {"step": state.step}
+        for lvl in (1, 2):
+            r = evaluate(state.net, model, held, val[lvl], lvl, config.prefix, config.horizon,
+                         batch=config.batch if lvl == 1 else 2)
+            result.update({f"l{lvl}_{k}": v for k, v in r.items()})
+        if len(val[CONTEXT]):
+            r = evaluate_context(state.net, model, held, val[CONTEXT], config)
+            result.update({f"ctx_{k}": v for k, v in r.items()})
+        state.evals.append(result)
+        return result
+
+    if not state.evals and state.step < config.steps:
+        held_out()  # where the run starts from
     while state.step < config.steps:
         level, micro_batches = step_batch(config, corpus, pools, state.step)
         metrics = train_step(state, config, model, corpus, level, micro_batches)
         state.history.append(metrics)
         if state.step % config.eval_every == 0 or state.step == config.steps:
-            result = {"step": state.step}
-            for lvl in (1, 2):
-                r = evaluate(state.net, model, held, val[lvl], lvl, config.prefix,
-                             config.horizon, batch=config.batch if lvl == 1 else 2)
-                result.update({f"l{lvl}_{k}": v for k, v in r.items()})
-            state.evals.append(result)
-            metrics = {**metrics, **result}
+            metrics = {**metrics, **held_out()}
         progress(state.step, config.steps, metrics)
         last = state.step == config.steps
         timed_out = stop_after is not None and time.monotonic() - started > stop_after
@@ -276,7 +336,12 @@ def export(state: TrainState, config: TrainConfig, model: BaseModel, corpus: Cor
                  "train_tokens": len(corpus.stream), "holdout_packages": list(HOLDOUT_PACKAGES),
                  "holdout_files": held.files},
         "objective": f"KL(P_raw || P_gist) + NLL_gist over the next {config.horizon} tokens "
-                     f"after a {config.prefix}-token prefix; base model frozen",
+                     f"after a {config.prefix}-token prefix; base model frozen"
+                     + (f"; one step in {config.context_every}: many gists of levels 1-3 in "
+                        f"windows of {config.context_blocks} blocks with up to "
+                        f"{2 * config.context_foreign} gists of other text among them, KL + "
+                        "NLL over every raw token after the first gist"
+                        if config.context_every else ""),
         "train_config": {k: (str(v) if isinstance(v, Path) else v)
                          for k, v in asdict(config).items()},
         "loss_curve": _curve(state.history),

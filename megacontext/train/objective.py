@@ -179,3 +179,257 @@ def loss_of(losses: Losses) -> torch.Tensor:
     """The training loss: KL + NLL_gist, averaged over the batch."""
     return (losses.kl + losses.nll_gist).mean()
 
+
+
+# Many gists in one context --------------------------------------------------------------
+#
+# A working context holds hundreds of gists of every level beside raw blocks, and gists
+# trained one at a time (above) can each stand in for their span and still, together,
+# mislead the base model: in real working contexts the shipped gists did worse than
+# deleting them (benchmarks/results/gists_in_context.md). A context example is a window of
+# consecutive blocks after a short raw prefix, followed by H continuation tokens. The
+# teacher reads the text all raw; the student reads it with a random layout of the window's
+# blocks as raw tokens or gists of levels 1–3 (a level-k gist built from level-(k−1) gists
+# of its runs of blocks, as in the tree) — such a gist should stand in for its text — and
+# with *foreign* gists inserted between them: gists of levels 1–3 of other places in the
+# corpus (real blocks, groups and runs of groups), for which the teacher reads nothing — a
+# gist of text that does not bear on what follows should do no harm. Every raw token after
+# the first gist is a target (the window's raw blocks and the continuation), so one example
+# trains every gist in it in the company of the others, and levels ≥ 3 get a signal.
+
+LAYOUT = (0.45, 0.30, 0.15, 0.10)  # chance that a piece is raw, a level-1, -2 or -3 gist
+LEVEL2_RUN = (2, 8)  # blocks under a level-2 gist (inclusive range)
+LEVEL3_RUN = (2, 4)  # level-2 gists under a level-3 gist, each over 2–4 blocks
+FOREIGN_LEVELS = (0.4, 0.4, 0.2)  # chance that a foreign gist is of level 1, 2 or 3
+
+
+@dataclass(frozen=True, eq=False)
+class Piece:
+    """One stretch of a context example: raw tokens (level 0) or one level-k gist of the
+    tokens [lo, hi), built from its level-(k−1) `children` when k ≥ 2. Pieces compare and
+    hash by identity: two equal stretches of different examples are different pieces."""
+
+    level: int
+    lo: int
+    hi: int
+    children: tuple[Piece, ...] = ()
+
+
+@dataclass
+class ContextBatch:
+    """Per example: its tokens — the text (raw prefix, window, continuation) and after it
+    the foreign gists' tokens — the student's pieces left to right (the prefix, the window's
+    layout, foreign gists among them), and the continuation's [start, end): the teacher
+    reads tokens[:end], the student the pieces and then the continuation."""
+
+    tokens: list[np.ndarray]
+    pieces: list[list[Piece]]
+    cont: list[tuple[int, int]]
+
+
+def sample_pieces(rng: np.random.Generator, bounds: np.ndarray,
+                  probs: tuple[float, ...] = LAYOUT) -> list[Piece]:
+    """A random layout of the blocks [start, end) in `bounds` (consecutive, left to right):
+    raw blocks and gists of levels 1–3 over runs of them; at least one gist."""
+    def block(j: int, level: int) -> Piece:
+        return Piece(level, int(bounds[j, 0]), int(bounds[j, 1]))
+
+    def over(level: int, kids: list[Piece]) -> Piece:
+        return Piece(level, kids[0].lo, kids[-1].hi, tuple(kids))
+
+    pieces: list[Piece] = []
+    i, n = 0, len(bounds)
+    while i < n:
+        level = int(rng.choice(len(probs), p=probs))
+        if level <= 1:
+            pieces.append(block(i, level))
+            i += 1
+        elif level == 2:
+            k = min(int(rng.integers(LEVEL2_RUN[0], LEVEL2_RUN[1] + 1)), n - i)
+            pieces.append(over(2, [block(j, 1) for j in range(i, i + k)]))
+            i += k
+        else:
+            subs = []
+            for _ in range(int(rng.integers(LEVEL3_RUN[0], LEVEL3_RUN[1] + 1))):
+                if i >= n:
+                    break
+                k = min(int(rng.integers(LEVEL3_RUN[0], LEVEL3_RUN[1] + 1)), n - i)
+                subs.append(over(2, [block(j, 1) for j in range(i, i + k)]))
+                i += k
+            pieces.append(over(3, subs))
+    if all(p.level == 0 for p in pieces):
+        pieces[0] = Piece(1, pieces[0].lo, pieces[0].hi)
+    return pieces
+
+
+def context_candidates(corpus: Corpus, blocks: int, prefix: int, horizon: int) -> np.ndarray:
+    """First-block rows of the windows of `blocks` blocks with a full prefix and
+    continuation around them."""
+    if len(corpus.blocks) < blocks:
+        return np.zeros(0, np.int64)
+    starts = corpus.blocks[: len(corpus.blocks) - blocks + 1, 0]
+    ends = corpus.blocks[blocks - 1 :, 1]
+    return np.flatnonzero((starts >= prefix) & (ends + horizon <= len(corpus.stream)))
+
+
+def make_context_batch(corpus: Corpus, rows: np.ndarray, blocks: int, prefix: int,
+                       horizon: int, rng: np.random.Generator, foreign: int = 0
+                       ) -> ContextBatch:
+    """Context examples whose windows start at block `rows`, each with a random layout and
+    0 to 2·`foreign` foreign gists inserted at random places after the prefix."""
+    assert prefix >= 1, "a context example starts with raw tokens"
+    tokens, pieces, cont = [], [], []
+    for r in rows:
+        bounds = corpus.blocks[int(r) : int(r) + blocks]
+        lo, hi = int(bounds[0, 0]), int(bounds[-1, 1])
+        text = corpus.stream[lo - prefix : hi + horizon].astype(np.int64)
+        own = [Piece(0, 0, prefix), *sample_pieces(rng, bounds - lo + prefix)]
+        extra, at = [], len(text)
+        for _ in range(int(rng.integers(0, 2 * foreign + 1)) if foreign else 0):
+            piece, toks = _foreign(corpus, rng, at)
+            own.insert(int(rng.integers(1, len(own) + 1)), piece)
+            extra.append(toks)
+            at += len(toks)
+        tokens.append(np.concatenate([text, *extra]))
+        pieces.append(own)
+        cont.append((len(text) - horizon, len(text)))
+    return ContextBatch(tokens, pieces, cont)
+
+
+def _foreign(corpus: Corpus, rng: np.random.Generator, at: int) -> tuple[Piece, np.ndarray]:
+    """A gist of levels 1–3 of a random place in the corpus — a block, a group of blocks
+    (level 2) or a run of consecutive groups (level 3) — with its tokens, placed at `at`."""
+    level = 1 + int(rng.choice(len(FOREIGN_LEVELS), p=FOREIGN_LEVELS))
+    if level == 1 or not len(corpus.groups):
+        a, b = (int(x) for x in corpus.blocks[rng.integers(len(corpus.blocks))])
+        return Piece(1, at, at + b - a), corpus.stream[a:b].astype(np.int64)
+    first = int(rng.integers(len(corpus.groups)))
+    count = 1 if level == 2 else int(rng.integers(LEVEL3_RUN[0], LEVEL3_RUN[1] + 1))
+    groups, toks, offset = [], [], at
+    for g in range(first, min(first + count, len(corpus.groups))):
+        kids = []
+        for a, b in corpus.children(g):
+            kids.append(Piece(1, offset, offset + int(b - a)))
+            toks.append(corpus.stream[a:b])
+            offset += int(b - a)
+        groups.append(Piece(2, kids[0].lo, kids[-1].hi, tuple(kids)))
+    piece = groups[0] if level == 2 else Piece(3, at, offset, tuple(groups))
+    return piece, np.concatenate(toks).astype(np.int64)
+
+
+def gist_pieces(gist: GistFn, model: BaseModel, batch: ContextBatch, device: torch.device
+                ) -> dict[Piece, torch.Tensor]:
+    """Every gist piece's (D,) vector, computed bottom-up one level at a time (one GistNet
+    call per level for the whole batch)."""
+    by_level: dict[int, list[tuple[int, Piece]]] = {}
+
+    def collect(ex: int, p: Piece) -> None:
+        for c in p.children:
+            collect(ex, c)
+        if p.level:
+            by_level.setdefault(p.level, []).append((ex, p))
+
+    for ex, pieces in enumerate(batch.pieces):
+        for p in pieces:
+            collect(ex, p)
+    vectors: dict[int, torch.Tensor] = {}
+    for level in sorted(by_level):
+        nodes = by_level[level]
+        if level == 1:
+            groups = [model.embeddings[torch.from_numpy(batch.tokens[ex][p.lo : p.hi])]
+                      .to(device) for ex, p in nodes]
+        else:
+            groups = [torch.stack([vectors[id(c)] for c in p.children]) for _, p in nodes]
+        x, mask = _padded(groups, model.dim, device)
+        out = gist(x, mask, torch.full((len(nodes),), level, dtype=torch.long, device=device))
+        vectors.update({id(p): out[i] for i, (_, p) in enumerate(nodes)})
+    return {p: vectors[id(p)] for nodes in by_level.values() for _, p in nodes}
+
+
+@dataclass
+class _Layout:
+    """One example's student sequence: which token each position holds (−1: a gist), and
+    the targets — raw tokens after the first gist — as (student position that predicts it,
+    teacher position that predicts it, position in the deleted-gists sequence, token)."""
+
+    token_index: np.ndarray  # (S,) index into the example's tokens, −1 for a gist
+    targets: np.ndarray  # (n, 4)
+
+
+def _layout(pieces: list[Piece], tokens: np.ndarray, cont: tuple[int, int]) -> _Layout:
+    index = []
+    for p in pieces:
+        index.extend(range(p.lo, p.hi) if p.level == 0 else [-1])
+    index.extend(range(*cont))
+    token_index = np.asarray(index, np.int64)
+    is_raw = token_index >= 0
+    seen_gist = np.cumsum(~is_raw) > 0
+    q = np.flatnonzero(is_raw & seen_gist)
+    drop_position = np.cumsum(is_raw) - 1  # a raw position's place with the gists deleted
+    targets = np.stack([q - 1, token_index[q] - 1, drop_position[q] - 1,
+                        tokens[token_index[q]]], 1)
+    return _Layout(token_index, targets)
+
+
+def _padded_targets(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example (n_i, 4) target rows -> (B, N, 4) zero-padded and the (B, N) mask."""
+    N = max(len(r) for r in rows)
+    out = np.zeros((len(rows), N, 4), np.int64)
+    valid = np.zeros((len(rows), N), bool)
+    for i, r in enumerate(rows):
+        out[i, : len(r)], valid[i, : len(r)] = r, True
+    return torch.from_numpy(out), torch.from_numpy(valid)
+
+
+def _sequences(rows: list[torch.Tensor], dim: int, device: torch.device) -> torch.Tensor:
+    x = torch.zeros(len(rows), max(len(r) for r in rows), dim, device=device,
+                    dtype=rows[0].dtype)
+    for i, r in enumerate(rows):
+        x[i, : len(r)] = r
+    return x
+
+
+def context_losses(model: BaseModel, batch: ContextBatch, gists: dict[Piece, torch.Tensor],
+                   with_drop: bool = False) -> Losses:
+    """Per-example mean KL(P_raw ‖ P_gists) and NLLs over the example's targets (every raw
+    token after its first gist); `nll_drop`: with the gists deleted. Gradients reach the
+    gists when on."""
+    device, table = model.device, model.embeddings
+    layouts = [_layout(pieces, tokens, cont) for pieces, tokens, cont in
+               zip(batch.pieces, batch.tokens, batch.cont, strict=True)]
+    targets, valid = _padded_targets([lay.targets for lay in layouts])
+    targets, valid = targets.to(device), valid.to(device)
+    token = targets[..., 3]
+    v = valid.float()
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return (x * v).sum(1) / v.sum(1).clamp_min(1)
+
+    def nll(logp: torch.Tensor) -> torch.Tensor:
+        return mean(-logp.gather(-1, token[..., None]).squeeze(-1))
+
+    with torch.no_grad():
+        raw = _sequences([table[torch.from_numpy(t[: end - 1])] for t, (_, end) in
+                          zip(batch.tokens, batch.cont, strict=True)], model.dim, device)
+        teacher = model.logits_at(raw, targets[..., 1]).float().log_softmax(-1)
+        del raw
+        nll_drop = None
+        if with_drop:
+            kept = [table[torch.from_numpy(t[lay.token_index[lay.token_index >= 0]][:-1])]
+                    for t, lay in zip(batch.tokens, layouts, strict=True)]
+            drop = model.logits_at(_sequences(kept, model.dim, device),
+                                   targets[..., 2]).float().log_softmax(-1)
+            nll_drop = nll(drop)
+            del drop
+    rows = []
+    for pieces, tokens, (start, end) in zip(batch.pieces, batch.tokens, batch.cont,
+                                            strict=True):
+        parts = [table[torch.from_numpy(tokens[p.lo : p.hi])] if p.level == 0
+                 else gists[p][None] for p in pieces]
+        parts.append(table[torch.from_numpy(tokens[start : end - 1])])
+        parts = [x.to(device, model.dtype) for x in parts]
+        rows.append(torch.cat(parts))
+    logp = model.logits_at(_sequences(rows, model.dim, device), targets[..., 0]).float()
+    logp = logp.log_softmax(-1)
+    kl = mean((teacher.exp() * (teacher - logp)).sum(-1))
+    return Losses(kl=kl, nll_gist=nll(logp), nll_raw=nll(teacher), nll_drop=nll_drop)
