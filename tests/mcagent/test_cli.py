@@ -153,3 +153,13 @@ def test_ask_shortens_a_long_question(code_repo: Path) -> None:
     data = json.loads(result.stdout)
     assert data["warnings"] and "kept the first 96" in data["warnings"][0]
     assert all(t["tokens"]["context"] <= 384 for t in data["transcript"] if "tokens" in t)
+
+
+def test_a_training_line_names_context_steps_and_their_held_out_score() -> None:
+    from mcagent.render import train_line
+
+    step = {"level": 0, "loss": 3.2, "kl": 0.7, "nll_gist": 2.5, "nll_raw": 1.7}
+    assert "context" in train_line(5, 10, step) and "level" not in train_line(5, 10, step)
+    assert "level 2" in train_line(5, 10, {**step, "level": 2})
+    held = {"l1_recovery": 0.5, "l2_recovery": 0.3, "ctx_recovery": -0.1}
+    assert "in context -0.100" in train_line(5, 10, {**step, **held})
