@@ -386,7 +386,11 @@ def _timed_review(settings: Settings, files: list, budget: int | None, focus: st
                   timeout: float | None) -> ReviewResult | None:
     """The review, or None (after saying why) when the model cannot load or time runs out:
     the tool itself never blocks a commit."""
+    expired = False
+
     def expire(*_: object) -> None:
+        nonlocal expired
+        expired = True
         raise ReviewTimeout
 
     if timeout is not None:
@@ -410,7 +414,11 @@ def _timed_review(settings: Settings, files: list, budget: int | None, focus: st
         system = prompts.render("review_system", repository=settings.root.name)
         return run_review(session, files, system, model_policy(ReviewConfig().max_tokens),
                           ReviewConfig(budget=budget))
-    except ReviewTimeout:
+    except Exception as e:
+        # The alarm may land inside native code (a DuckDB query) that turns it into an
+        # error of its own ("Query interrupted"): after the alarm, any error is the timeout.
+        if not (isinstance(e, ReviewTimeout) or expired):
+            raise
         err.print(f"mcagent review: the time limit ({timeout:g} s) passed; skipped")
         return None
     finally:

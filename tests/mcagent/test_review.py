@@ -5,6 +5,7 @@ posting to a local fake GitHub, and an injected instruction that must not leak a
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,19 @@ def test_time_limit_and_missing_model_never_block(feature: Path,
     slow = invoke(feature, "--base", "main", "--head", "feature", "--timeout", "0.2",
                   "--fail-on", "info")
     assert slow.exit_code == 0 and "time limit (0.2 s) passed; skipped" in slow.output
+
+    def interrupted_query(*args: object) -> None:
+        """What DuckDB does when the alarm lands inside a query: its own error."""
+        try:
+            time.sleep(5)
+        except cli.ReviewTimeout:
+            raise RuntimeError("Query interrupted") from None
+
+    with monkeypatch.context() as m:
+        m.setattr(cli, "_load_model", interrupted_query)
+        native = invoke(feature, "--base", "main", "--head", "feature", "--timeout", "0.2",
+                        "--fail-on", "info")
+    assert native.exit_code == 0 and "time limit (0.2 s) passed; skipped" in native.output
 
     def missing(settings: object) -> None:
         raise cli.ModelNotFound("the default model is not installed")
