@@ -36,6 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -119,7 +120,8 @@ def main() -> None:
                                "task": task.name, "recall": bool(gold) and gold <= raw,
                                "partial": len(gold & raw) / max(len(gold), 1),
                                "seconds": timings["score"] + timings["allocate"],
-                               "load": load, "nll": None}
+                               "load": load, "nll": None,
+                               "context": composition(session, entries)}
                         if n < args.nll_tasks:
                             row["nll"] = target_nll(session, kept(session, entries,
                                                                   args.drop_gists_from), task)
@@ -145,6 +147,14 @@ def kept(session: object, entries: list, drop_from: int | None) -> list:
         return entries
     level = session.repo.level
     return [e for e in entries if e.raw or int(level[e.node]) < drop_from]
+
+
+def composition(session: object, entries: list) -> dict:
+    """What the working context holds: raw tokens, and gists counted by level."""
+    level = session.repo.level
+    gists = Counter(int(level[e.node]) for e in entries if not e.raw)
+    tokens = int((session.entries(entries).token_ids >= 0).sum())
+    return {"tokens": tokens, "gists": {str(k): gists[k] for k in sorted(gists)}}
 
 
 class SplitByLevel:

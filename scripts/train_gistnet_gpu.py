@@ -36,9 +36,12 @@ kernel launches), 4,636 steps in one session's device time.
 
 `--context-every N` makes one step in N a many-gist context step (`--context-batch`
 windows of `--context-blocks` blocks, up to twice `--context-foreign` gists of other text
-among them); the held-out check then reports `ctx_recovery` as well. The CPU pilots in
-`benchmarks/results/gists_in_context.md` ran this script with `--dtype bfloat16` (the
-default on a CPU is float32).
+among them); the held-out check then reports `ctx_recovery` as well. `--context-pool R`
+builds foreign gists of levels 2 and 3 from R runs of groups whose level-1 gists are made
+once every `--context-pool-every` steps, so a context can hold a hundred or more foreign
+gists, as a real working context does, at the cost of their top GistNet calls only.
+The CPU pilots in `benchmarks/results/gists_in_context.md` ran this script with
+`--dtype bfloat16` (the default on a CPU is float32).
 """
 
 from __future__ import annotations
@@ -129,6 +132,8 @@ def train(args: argparse.Namespace) -> None:
                          context_every=args.context_every, context_batch=args.context_batch,
                          context_blocks=args.context_blocks,
                          context_foreign=args.context_foreign,
+                         context_pool=args.context_pool,
+                         context_pool_every=args.context_pool_every,
                          lr=args.lr, warmup=args.warmup, eval_every=args.eval_every,
                          eval_examples=args.eval_examples,
                          checkpoint_every=args.checkpoint_every, seed=args.seed,
@@ -182,7 +187,8 @@ def main() -> None:
     defaults = TrainConfig(lib=Path(), out=Path())
     for name in ("steps", "batch", "accumulate", "level2_batch", "level2_every",
                  "context_every", "context_batch", "context_blocks",
-                 "context_foreign", "warmup", "eval_every",
+                 "context_foreign", "context_pool", "context_pool_every", "warmup",
+                 "eval_every",
                  "eval_examples",
                  "checkpoint_every", "seed"):
         t.add_argument("--" + name.replace("_", "-"), type=int,

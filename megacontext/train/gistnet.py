@@ -7,7 +7,10 @@ next H tokens. Every `context_every`-th step is a *context* step instead (`objec
 windows of blocks laid out as raw blocks and gists of levels 1–3, with gists of other text
 among them, scored on every raw token after the first gist against the all-raw text — how
 gists are used, many at a time — and scored the same way on held-out windows
-(`ctx_recovery`: below 0, the gists do worse than deleting them).
+(`ctx_recovery`: below 0, the gists do worse than deleting them). With `context_pool`,
+foreign gists of levels 2–3 are built on level-1 gists remade every `context_pool_every`
+steps (`ForeignPool`), so a context can hold as many gists as a working context does; the
+pool is not checkpointed, and a resumed run remakes it from the resumed net.
 
 **Start from the best constant, then learn content.** Trained from a random start with
 small batches, GistNet collapses: it learns the one vector that does best for every span (a
@@ -42,9 +45,11 @@ from megacontext.errors import RunMismatch
 from megacontext.gistnet import GistNet, GistNetConfig, cosine_lr, load_gistnet, save_gistnet
 from megacontext.train.data import HOLDOUT_PACKAGES, Corpus, cached_corpus, stdlib_files
 from megacontext.train.objective import (
+    ForeignPool,
     candidates,
     context_candidates,
     context_losses,
+    foreign_pool,
     gist_batch,
     gist_pieces,
     loss_of,
@@ -72,6 +77,8 @@ class TrainConfig:
     context_batch: int = 8  # context examples per micro-batch
     context_blocks: int = 20  # blocks in a context example's window
     context_foreign: int = 16  # mean foreign gists per context example (0 to twice this)
+    context_pool: int = 0  # runs of groups whose level-1 gists foreign gists reuse (0: none)
+    context_pool_every: int = 25  # steps between refills of that pool
     prefix: int = 64
     horizon: int = 48
     lr: float = 1e-4
@@ -93,6 +100,7 @@ class TrainState:
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)  # per step
     evals: list[dict[str, float]] = field(default_factory=list)  # per evaluation
+    pool: tuple[int, ForeignPool] | None = None  # (refill number, pool); not checkpointed
 
 
 CONTENT_SCALE = 100.0  # the constant's norm inside the projection, against which content grows
@@ -179,7 +187,8 @@ def train_step(state: TrainState, config: TrainConfig, model: BaseModel, corpus:
         if level == CONTEXT:
             rng = np.random.default_rng([config.seed, state.step, m, 1])
             cb = make_context_batch(corpus, rows, config.context_blocks, config.prefix,
-                                    config.horizon, rng, config.context_foreign)
+                                    config.horizon, rng, config.context_foreign,
+                                    _pool(state, config, model, corpus))
             losses = context_losses(model, cb, gist_pieces(net, model, cb, model.device))
         else:
             batch = make_batch(corpus, rows, level, config.prefix, config.horizon)
@@ -194,6 +203,23 @@ def train_step(state: TrainState, config: TrainConfig, model: BaseModel, corpus:
     loss, kl, nll_gist, nll_raw = sums / len(micro_batches)
     return {"step": state.step, "level": level, "loss": loss, "lr": lr, "kl": kl,
             "nll_gist": nll_gist, "nll_raw": nll_raw, "grad_norm": grad_norm}
+
+
+def _pool(state: TrainState, config: TrainConfig, model: BaseModel, corpus: Corpus
+          ) -> ForeignPool | None:
+    """The foreign pool of this step, refilled with the current net every
+    `context_pool_every` steps (and after a resume)."""
+    if not config.context_pool:
+        return None
+    refill = state.step // max(config.context_pool_every, 1)
+    if state.pool is None or state.pool[0] != refill:
+        state.net.eval()
+        pool = foreign_pool(state.net, model, corpus,
+                            np.random.default_rng([config.seed, refill, 2]),
+                            config.context_pool, model.device)
+        state.net.train()
+        state.pool = (refill, pool)
+    return state.pool[1]
 
 
 def fit_constant(config: TrainConfig, model: BaseModel, corpus: Corpus, pool: np.ndarray
@@ -250,11 +276,14 @@ def evaluate_context(net: GistNet, model: BaseModel, corpus: Corpus, rows: np.nd
     each other's company (below 0: worse than deleting them)."""
     net.eval()
     sums = np.zeros(3)
+    pool = (foreign_pool(net, model, corpus, np.random.default_rng([config.seed, 10**9, 2]),
+                         config.context_pool, model.device) if config.context_pool else None)
     with torch.no_grad():
         for lo in range(0, len(rows), batch):
             rng = np.random.default_rng([config.seed, 10**9, lo])
             cb = make_context_batch(corpus, rows[lo : lo + batch], config.context_blocks,
-                                    config.prefix, config.horizon, rng, config.context_foreign)
+                                    config.prefix, config.horizon, rng, config.context_foreign,
+                                    pool)
             r = context_losses(model, cb, gist_pieces(net, model, cb, model.device), True)
             sums += [float(r.nll_raw.sum()), float(r.nll_gist.sum()), float(r.nll_drop.sum())]
     raw, gist, drop = sums / len(rows)
@@ -339,8 +368,11 @@ def export(state: TrainState, config: TrainConfig, model: BaseModel, corpus: Cor
                      f"after a {config.prefix}-token prefix; base model frozen"
                      + (f"; one step in {config.context_every}: many gists of levels 1-3 in "
                         f"windows of {config.context_blocks} blocks with up to "
-                        f"{2 * config.context_foreign} gists of other text among them, KL + "
-                        "NLL over every raw token after the first gist"
+                        f"{2 * config.context_foreign} gists of other text among them"
+                        + (f" (levels 2-3 built on level-1 gists of {config.context_pool} "
+                           f"runs of groups, remade every {config.context_pool_every} steps)"
+                           if config.context_pool else "")
+                        + ", KL + NLL over every raw token after the first gist"
                         if config.context_every else ""),
         "train_config": {k: (str(v) if isinstance(v, Path) else v)
                          for k, v in asdict(config).items()},

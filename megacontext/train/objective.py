@@ -11,7 +11,7 @@ recovery = (NLL_drop − NLL_gist) / (NLL_drop − NLL_raw).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -225,6 +225,47 @@ class ContextBatch:
     tokens: list[np.ndarray]
     pieces: list[list[Piece]]
     cont: list[tuple[int, int]]
+    fixed: dict[Piece, torch.Tensor] = field(default_factory=dict)  # vectors given (no grad)
+
+
+@dataclass
+class ForeignPool:
+    """Level-1 gists of runs of consecutive groups, computed once without gradient, that
+    foreign gists of levels 2 and 3 are built from. A working context holds a hundred or
+    more gists of other text; building each from scratch would cost thousands of level-1
+    calls per example. With the pool, a foreign gist's own (top) GistNet call still takes
+    the gradient; only its level-1 children are given, as the net made them when the pool
+    was filled (rebuild it every few steps)."""
+
+    runs: list[list[int]]  # group indices, consecutive within a run
+    level1: dict[int, torch.Tensor]  # group index -> (children, D) level-1 gists
+
+
+def foreign_pool(gist: GistFn, model: BaseModel, corpus: Corpus, rng: np.random.Generator,
+                 runs: int, device: torch.device, run_length: int = LEVEL3_RUN[1],
+                 batch: int = 256) -> ForeignPool:
+    """`runs` random runs of `run_length` consecutive groups and their level-1 gists."""
+    n = len(corpus.groups)
+    starts = rng.choice(max(n - run_length + 1, 1), size=min(runs, max(n - run_length + 1, 1)),
+                        replace=False)
+    chosen = [list(range(int(a), min(int(a) + run_length, n))) for a in starts]
+    groups = sorted({g for run in chosen for g in run})
+    blocks = [(g, int(a), int(b)) for g in groups for a, b in corpus.children(g)]
+    out: list[torch.Tensor] = []
+    with torch.no_grad():
+        for lo in range(0, len(blocks), batch):
+            spans = [model.embeddings[torch.from_numpy(corpus.stream[a:b].astype(np.int64))]
+                     .to(device) for _, a, b in blocks[lo : lo + batch]]
+            x, mask = _padded(spans, model.dim, device)
+            out.append(gist(x, mask, torch.ones(len(spans), dtype=torch.long, device=device))
+                       .detach())
+    vectors = torch.cat(out) if out else torch.zeros(0, model.dim, device=device)
+    level1, at = {}, 0
+    for g in groups:
+        k = len(corpus.children(g))
+        level1[g] = vectors[at : at + k]
+        at += k
+    return ForeignPool(chosen, level1)
 
 
 def sample_pieces(rng: np.random.Generator, bounds: np.ndarray,
@@ -273,12 +314,14 @@ def context_candidates(corpus: Corpus, blocks: int, prefix: int, horizon: int) -
 
 
 def make_context_batch(corpus: Corpus, rows: np.ndarray, blocks: int, prefix: int,
-                       horizon: int, rng: np.random.Generator, foreign: int = 0
-                       ) -> ContextBatch:
+                       horizon: int, rng: np.random.Generator, foreign: int = 0,
+                       pool: ForeignPool | None = None) -> ContextBatch:
     """Context examples whose windows start at block `rows`, each with a random layout and
-    0 to 2·`foreign` foreign gists inserted at random places after the prefix."""
+    0 to 2·`foreign` foreign gists inserted at random places after the prefix (those of
+    levels 2 and 3 drawn from `pool` when given)."""
     assert prefix >= 1, "a context example starts with raw tokens"
     tokens, pieces, cont = [], [], []
+    fixed: dict[Piece, torch.Tensor] = {}
     for r in rows:
         bounds = corpus.blocks[int(r) : int(r) + blocks]
         lo, hi = int(bounds[0, 0]), int(bounds[-1, 1])
@@ -286,32 +329,43 @@ def make_context_batch(corpus: Corpus, rows: np.ndarray, blocks: int, prefix: in
         own = [Piece(0, 0, prefix), *sample_pieces(rng, bounds - lo + prefix)]
         extra, at = [], len(text)
         for _ in range(int(rng.integers(0, 2 * foreign + 1)) if foreign else 0):
-            piece, toks = _foreign(corpus, rng, at)
+            piece, toks = _foreign(corpus, rng, at, pool, fixed)
             own.insert(int(rng.integers(1, len(own) + 1)), piece)
             extra.append(toks)
             at += len(toks)
         tokens.append(np.concatenate([text, *extra]))
         pieces.append(own)
         cont.append((len(text) - horizon, len(text)))
-    return ContextBatch(tokens, pieces, cont)
+    return ContextBatch(tokens, pieces, cont, fixed)
 
 
-def _foreign(corpus: Corpus, rng: np.random.Generator, at: int) -> tuple[Piece, np.ndarray]:
+def _foreign(corpus: Corpus, rng: np.random.Generator, at: int,
+             pool: ForeignPool | None = None, fixed: dict[Piece, torch.Tensor] | None = None
+             ) -> tuple[Piece, np.ndarray]:
     """A gist of levels 1–3 of a random place in the corpus — a block, a group of blocks
-    (level 2) or a run of consecutive groups (level 3) — with its tokens, placed at `at`."""
+    (level 2) or a run of consecutive groups (level 3) — with its tokens, placed at `at`.
+    With a pool, groups come from its runs and their level-1 gists go into `fixed`."""
     level = 1 + int(rng.choice(len(FOREIGN_LEVELS), p=FOREIGN_LEVELS))
-    if level == 1 or not len(corpus.groups):
+    if level == 1 or not len(corpus.groups) or (pool is not None and not pool.runs):
         a, b = (int(x) for x in corpus.blocks[rng.integers(len(corpus.blocks))])
         return Piece(1, at, at + b - a), corpus.stream[a:b].astype(np.int64)
-    first = int(rng.integers(len(corpus.groups)))
     count = 1 if level == 2 else int(rng.integers(LEVEL3_RUN[0], LEVEL3_RUN[1] + 1))
+    if pool is None:
+        first = int(rng.integers(len(corpus.groups)))
+        span = range(first, min(first + count, len(corpus.groups)))
+    else:
+        run = pool.runs[int(rng.integers(len(pool.runs)))]
+        first = int(rng.integers(max(len(run) - count + 1, 1)))
+        span = run[first : first + count]
     groups, toks, offset = [], [], at
-    for g in range(first, min(first + count, len(corpus.groups))):
+    for g in span:
         kids = []
-        for a, b in corpus.children(g):
+        for k, (a, b) in enumerate(corpus.children(g)):
             kids.append(Piece(1, offset, offset + int(b - a)))
             toks.append(corpus.stream[a:b])
             offset += int(b - a)
+            if pool is not None and fixed is not None:
+                fixed[kids[-1]] = pool.level1[g][k]
         groups.append(Piece(2, kids[0].lo, kids[-1].hi, tuple(kids)))
     piece = groups[0] if level == 2 else Piece(3, at, offset, tuple(groups))
     return piece, np.concatenate(toks).astype(np.int64)
@@ -320,10 +374,12 @@ def _foreign(corpus: Corpus, rng: np.random.Generator, at: int) -> tuple[Piece, 
 def gist_pieces(gist: GistFn, model: BaseModel, batch: ContextBatch, device: torch.device
                 ) -> dict[Piece, torch.Tensor]:
     """Every gist piece's (D,) vector, computed bottom-up one level at a time (one GistNet
-    call per level for the whole batch)."""
+    call per level for the whole batch); the batch's `fixed` pieces are given, not made."""
     by_level: dict[int, list[tuple[int, Piece]]] = {}
 
     def collect(ex: int, p: Piece) -> None:
+        if p in batch.fixed:
+            return
         for c in p.children:
             collect(ex, c)
         if p.level:
@@ -332,7 +388,7 @@ def gist_pieces(gist: GistFn, model: BaseModel, batch: ContextBatch, device: tor
     for ex, pieces in enumerate(batch.pieces):
         for p in pieces:
             collect(ex, p)
-    vectors: dict[int, torch.Tensor] = {}
+    vectors = {id(p): v.to(device) for p, v in batch.fixed.items()}
     for level in sorted(by_level):
         nodes = by_level[level]
         if level == 1:

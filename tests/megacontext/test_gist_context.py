@@ -4,6 +4,7 @@ objective, and training on context steps lowers the context loss (tiny random ba
 
 from __future__ import annotations
 
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from megacontext.train.objective import (
     candidates,
     context_candidates,
     context_losses,
+    foreign_pool,
     gist_batch,
     gist_pieces,
     make_batch,
@@ -116,6 +118,33 @@ def test_foreign_gists_are_real_spans_the_teacher_never_reads(tmp_path: Path) ->
     torch.testing.assert_close(out.nll_raw, out.nll_drop)  # the teacher is the drop reading
 
 
+def test_a_foreign_pool_gives_the_gists_a_full_build_would(tmp_path: Path) -> None:
+    corpus = build_corpus(_repo(tmp_path), sorted(p.name for p in tmp_path.glob("*.py")), MODEL)
+    g = net()
+    pool = foreign_pool(g, MODEL, corpus, np.random.default_rng(0), 3, MODEL.device)
+    assert pool.runs and all(b == a + 1 for run in pool.runs for a, b in pairwise(run))
+    assert set(pool.level1) == {x for run in pool.runs for x in run}
+    rows = context_candidates(corpus, 4, 16, 8)[:6]
+    cb = make_context_batch(corpus, rows, 4, 16, 8, np.random.default_rng(3), foreign=3,
+                            pool=pool)
+    assert cb.fixed and all(p.level == 1 and not p.children for p in cb.fixed)
+    full = ContextBatch(cb.tokens, cb.pieces, cb.cont)  # the same pieces, every gist built
+    made = gist_pieces(g, MODEL, cb, MODEL.device)
+    with torch.no_grad():
+        want = gist_pieces(g, MODEL, full, MODEL.device)
+    assert not set(made) & set(cb.fixed)  # given vectors are not made again
+
+    def pooled(p: Piece) -> bool:
+        return p in cb.fixed or any(pooled(c) for c in p.children)
+
+    tops = [p for ps in cb.pieces for p in ps if p.level >= 2 and pooled(p)]
+    assert tops, "some foreign gists came from the pool"
+    for p, v in made.items():
+        torch.testing.assert_close(v, want[p], atol=1e-5, rtol=1e-5)
+    assert all(made[p].requires_grad for p in tops)  # their own call still learns
+    assert not any(v.requires_grad for v in cb.fixed.values())
+
+
 def test_upper_gists_are_built_from_the_gists_below_them() -> None:
     tokens = np.arange(200, 240)
     l2a = Piece(2, 4, 12, (Piece(1, 4, 8), Piece(1, 8, 12)))
@@ -168,3 +197,7 @@ def test_a_run_mixes_context_steps_and_scores_gists_in_context(tmp_path: Path) -
     last = state.evals[-1]
     assert last["ctx_nll_raw"] < last["ctx_nll_drop"]  # the windows' raw blocks matter
     assert np.isfinite(last["ctx_recovery"])
+    pooled = train_gistnet(replace(config, out=tmp_path / "pooled", context_pool=2,
+                                   context_pool_every=3), MODEL, lambda s, n, m: None)
+    assert pooled.pool is not None and pooled.pool[0] == 1  # refilled at step 3
+    assert np.isfinite(pooled.evals[-1]["ctx_recovery"])
