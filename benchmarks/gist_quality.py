@@ -23,6 +23,14 @@ target's verdict says when the target lies inside it: the sample cannot then tel
 not met. A table splits the median by how much the spans are worth, and every example's
 NLLs go to a JSON file beside the results. Writes benchmarks/results/gist_quality.md, .png
 and .json (`--name` changes the name, to measure candidate weights beside the shipped ones).
+
+In a context of many gists (`--n-ctx` windows per dataset; `--n1 0 --n2 0` for this part
+alone): a gist is used among others, as in a working context. Each example is a 64-token
+raw prefix, a window of 20 blocks laid out as raw blocks and gists of levels 1–3, about 96
+gists of other places in the same code between the pieces (levels 2–3 of them built on a
+pool of level-1 gists), and 48 continuation tokens; the NLL over every raw token after the
+first gist is measured all raw, with the gists (GistNet; mean-pool), and with every gist
+deleted. In-context recovery below 0 means the gists do worse than no gists at all.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 PREFIX, HORIZON = 128, 64
 THIRD_PARTY = ["click", "rich"]
 HELPS = 0.02  # nats: a span "helps" when deleting it costs more than this
+CTX_BLOCKS, CTX_PREFIX, CTX_HORIZON = 20, 64, 48  # a context example, as in training
+CTX_FOREIGN, CTX_POOL = 96, 16  # mean gists of other code per example; runs in their pool
 BENEFIT_BINS = ((HELPS, 0.1), (0.1, 0.3), (0.3, np.inf))  # for recovery by span value
 
 
@@ -61,9 +71,13 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, help="GistNet weights (default: the shipped ones)")
     ap.add_argument("--n1", type=int, default=160, help="level-1 examples per dataset")
     ap.add_argument("--n2", type=int, default=144, help="level-2 examples per dataset")
+    ap.add_argument("--n-ctx", type=int, default=24,
+                    help="context windows per dataset (many gists at once; 0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="gist_quality", help="results file name (no suffix)")
     args = ap.parse_args()
+    if min(args.n1, args.n2, args.n_ctx) < 0 or not (args.n1 or args.n2 or args.n_ctx):
+        sys.exit("error: --n1, --n2 and --n-ctx take counts ≥ 0, not all 0")
     pyplot()  # before the long run, not after it
     torch.manual_seed(args.seed)
     cache = Path(platformdirs.user_cache_dir("mcagent"))
@@ -81,10 +95,13 @@ def main() -> None:
     }
     started = time.perf_counter()
     rows: dict[tuple[str, int], dict[str, list[float]]] = {}
+    context: dict[str, dict[str, list[float]]] = {}
     for d, (name, (root, paths)) in enumerate(datasets.items()):
         corpus = cached_corpus(root, paths, model, cache / "eval-corpora")
         rng = np.random.default_rng([args.seed, d])
         for level, n, batch in ((1, args.n1, 8), (2, args.n2, 2)):
+            if not n:
+                continue
             pool = candidates(corpus, level, PREFIX, HORIZON)
             picked = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
             out = rows.setdefault((name, level), {k: [] for k in
@@ -111,7 +128,49 @@ def main() -> None:
             out["cosine"] = [float(cos[~torch.eye(len(cos), dtype=torch.bool)].mean())]
             print(f"{name} level {level}: {len(picked)} examples "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
-    write(rows, weights, manifest, machine(), time.perf_counter() - started, args)
+        if args.n_ctx:
+            context[name] = in_context(net, meanpool, model, corpus, args.n_ctx,
+                                       np.random.default_rng([args.seed, d, 3]))
+            print(f"{name} in context: {len(context[name]['raw'])} windows "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+    write(rows, context, weights, manifest, machine(), time.perf_counter() - started, args)
+
+
+def in_context(net: object, meanpool: object, model: object, corpus: object, n: int,
+               rng: np.random.Generator, batch: int = 2) -> dict[str, list[float]]:
+    """Per window: NLL over every raw token after the first gist, all raw, with GistNet's
+    and with mean-pool gists (the same layout and foreign places), and with the gists
+    deleted."""
+    import torch
+
+    from megacontext.train.objective import (
+        context_candidates,
+        context_losses,
+        foreign_pool,
+        gist_pieces,
+        make_context_batch,
+    )
+
+    windows = context_candidates(corpus, CTX_BLOCKS, CTX_PREFIX, CTX_HORIZON)
+    picked = np.sort(rng.choice(windows, size=min(n, len(windows)), replace=False))
+    pool_seed = int(rng.integers(2**31))
+    pools = {m: foreign_pool(g, model, corpus, np.random.default_rng(pool_seed), CTX_POOL,
+                             model.device) for m, g in (("gistnet", net), ("meanpool", meanpool))}
+    out: dict[str, list[float]] = {k: [] for k in ("raw", "drop", "gistnet", "meanpool")}
+    for lo in range(0, len(picked), batch):
+        seed = int(rng.integers(2**31))
+        with torch.no_grad():
+            for m, g in (("gistnet", net), ("meanpool", meanpool)):
+                cb = make_context_batch(corpus, picked[lo : lo + batch], CTX_BLOCKS, CTX_PREFIX,
+                                        CTX_HORIZON, np.random.default_rng(seed), CTX_FOREIGN,
+                                        pools[m])
+                r = context_losses(model, cb, gist_pieces(g, model, cb, model.device),
+                                   with_drop=m == "gistnet")
+                out[m] += r.nll_gist.tolist()
+                if m == "gistnet":
+                    out["raw"] += r.nll_raw.tolist()
+                    out["drop"] += r.nll_drop.tolist()
+    return out
 
 
 def per_example(r: dict[str, list[float]], method: str) -> np.ndarray:
@@ -157,8 +216,8 @@ def verdict(median: float, interval: tuple[float, float], target: float) -> str:
     return said
 
 
-def write(rows: dict, weights: Path, manifest: dict, machine_text: str, seconds: float,
-          args: argparse.Namespace) -> None:
+def write(rows: dict, context: dict, weights: Path, manifest: dict, machine_text: str,
+          seconds: float, args: argparse.Namespace) -> None:
     lines = [
         "# Gist quality: does one vector stand in for 32 (or ~1,024) tokens?", "",
         f"Machine: {machine_text}. Produced by "
@@ -179,6 +238,7 @@ def write(rows: dict, weights: Path, manifest: dict, machine_text: str, seconds:
         "/ of means |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    intro = len(lines) - 3  # up to the single-span tables, which need single-span rows
     for (name, level), r in rows.items():
         mp, gn = recovery(r, "meanpool"), recovery(r, "gistnet")
         lo, hi = median_interval(per_example(r, "gistnet"))
@@ -229,12 +289,44 @@ def write(rows: dict, weights: Path, manifest: dict, machine_text: str, seconds:
         lines.append(f"- {name}, level {level}: median recovery {got:.2f} "
                      f"[{interval[0]:.2f}, {interval[1]:.2f}] (target ≥ {targets[level]}): "
                      f"{verdict(got, interval, targets[level])}")
+    if not rows:
+        lines = lines[:intro]
+    if context:
+        lines += context_section(context)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     per_examples = [{"data": name, "level": level, **r} for (name, level), r in rows.items()]
+    per_examples += [{"data": name, "level": "context", **r} for name, r in context.items()]
     (RESULTS / f"{args.name}.json").write_text(json.dumps(per_examples) + "\n")
-    plot(rows, RESULTS / f"{args.name}.png")
+    if rows:
+        plot(rows, RESULTS / f"{args.name}.png")
     print("\n".join(lines))
+
+
+def context_section(context: dict[str, dict[str, list[float]]]) -> list[str]:
+    """The in-context table: NLLs and recoveries of GistNet's and mean-pool gists."""
+    lines = ["", "## In a context of many gists", "",
+             f"Per example: a {CTX_PREFIX}-token raw prefix, a window of {CTX_BLOCKS} blocks "
+             "laid out as raw blocks and gists of levels 1–3, 0 to "
+             f"{2 * CTX_FOREIGN} gists of other places in the same code between the pieces "
+             f"(mean {CTX_FOREIGN}; levels 2–3 of them built on level-1 gists of {CTX_POOL} "
+             f"runs of groups), and {CTX_HORIZON} continuation tokens. NLL over every raw token "
+             "after the first gist; *drop* deletes every gist (what retrieval alone gives). "
+             "Recovery below 0: the gists do worse than no gists.", "",
+             "| data | windows (gists help) | NLL raw | NLL drop | NLL mean-pool | NLL GistNet "
+             "| recovery mean-pool: median / of means | **recovery GistNet: median** / of "
+             "means | GistNet worse than drop on |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in context.items():
+        mp, gn = recovery(r, "meanpool"), recovery(r, "gistnet")
+        lo, hi = median_interval(per_example(r, "gistnet"))
+        worse = int((np.asarray(r["gistnet"]) > np.asarray(r["drop"])).sum())
+        lines.append(
+            f"| {name} | {len(r['raw'])} ({gn[2]}) | {np.mean(r['raw']):.3f} "
+            f"| {np.mean(r['drop']):.3f} | {np.mean(r['meanpool']):.3f} "
+            f"| {np.mean(r['gistnet']):.3f} | {mp[0]:.2f} / {mp[1]:.2f} "
+            f"| **{gn[0]:.2f}** [{lo:.2f}, {hi:.2f}] / {gn[1]:.2f} "
+            f"| {worse} of {len(r['raw'])} |")
+    return lines
 
 
 def plot(rows: dict, path: Path) -> None:

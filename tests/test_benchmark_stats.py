@@ -12,7 +12,9 @@ import pytest
 from benchmarks import focus_pairs
 from benchmarks.gist_quality import (
     BENEFIT_BINS,
+    context_section,
     in_benefit,
+    in_context,
     median_interval,
     per_example,
     recovery,
@@ -114,3 +116,26 @@ def test_dropping_gists_keeps_raw_blocks_and_the_gists_below_the_level() -> None
     assert kept(session, entries, None) == entries
     assert kept(session, entries, 1) == [Entry(0, raw=True)]
     assert kept(session, entries, 3) == entries[:3]
+
+
+def test_in_context_scores_both_gist_kinds_on_the_same_layouts(tmp_path: Path) -> None:
+    from megacontext.gist import MeanPoolGist
+    from megacontext.train.data import build_corpus
+    from tests.megacontext.test_gistnet import MODEL, _repo, net
+
+    corpus = build_corpus(_repo(tmp_path), sorted(p.name for p in tmp_path.glob("*.py")), MODEL)
+    g = net()
+    same = in_context(g, g, MODEL, corpus, 3, np.random.default_rng(0))
+    assert len(same["raw"]) == len(same["drop"]) == 3
+    assert same["meanpool"] == same["gistnet"]  # one layout and foreign places for both
+    other = in_context(g, MeanPoolGist(MODEL.token_norm), MODEL, corpus, 3,
+                       np.random.default_rng(0))
+    assert other["gistnet"] == same["gistnet"] and other["meanpool"] != same["gistnet"]
+
+
+def test_the_context_table_counts_windows_worse_than_no_gists() -> None:
+    r = {"raw": [1.0, 1.0, 1.0, 1.0], "drop": [2.0, 2.0, 2.0, 1.005],
+         "gistnet": [1.5, 2.5, 1.0, 1.2], "meanpool": [2.0, 2.0, 2.0, 2.0]}
+    row = next(line for line in context_section({"code": r}) if line.startswith("| code"))
+    assert "| 4 (3) |" in row  # the last window's gists cannot help (0.005 nats)
+    assert "**0.50**" in row and "| 2 of 4 |" in row  # recoveries 0.5, -0.5, 1.0
