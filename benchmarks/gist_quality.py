@@ -1,6 +1,6 @@
 """Benchmark: how well a gist stands in for the span it compresses, on code never trained on.
 
-    python benchmarks/gist_quality.py [--weights PATH] [--n1 160] [--n2 144]
+    python benchmarks/gist_quality.py [--weights PATH] [--n1 160] [--n2 144] [--n-ctx 48]
 
 Held-out code: the standard library's held-out packages (`HOLDOUT_PACKAGES`, never trained
 on) and third-party packages installed here (click, rich). For spans cut exactly as the
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, help="GistNet weights (default: the shipped ones)")
     ap.add_argument("--n1", type=int, default=160, help="level-1 examples per dataset")
     ap.add_argument("--n2", type=int, default=144, help="level-2 examples per dataset")
-    ap.add_argument("--n-ctx", type=int, default=24,
+    ap.add_argument("--n-ctx", type=int, default=48,
                     help="context windows per dataset (many gists at once; 0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="gist_quality", help="results file name (no suffix)")
