@@ -40,6 +40,9 @@ among them); the held-out check then reports `ctx_recovery` as well. `--context-
 builds foreign gists of levels 2 and 3 from R runs of groups whose level-1 gists are made
 once every `--context-pool-every` steps, so a context can hold a hundred or more foreign
 gists, as a real working context does, at the cost of their top GistNet calls only.
+`--context-upper` (with a corpus packed with its files' structure) makes those runs whole
+files, so foreign gists of levels 3-5 are files' roots and folders of files, as the tree
+builds them; `--levels 5` gives levels 3-5 their own embeddings.
 The CPU pilots in `benchmarks/results/gists_in_context.md` ran this script with
 `--dtype bfloat16` (the default on a CPU is float32).
 """
@@ -105,6 +108,8 @@ def write_packed(model_id: str, corpus: Corpus, held: Corpus, to: Path) -> None:
         for f in FIELDS:
             arrays[f"{split}_{f}"] = getattr(c, f)
         arrays[f"{split}_files"] = np.asarray(c.files)
+        if c.file_groups is not None:
+            arrays[f"{split}_file_groups"] = c.file_groups
         if c.stream.max(initial=0) < 2**16:  # token ids of vocabularies up to 65,536
             arrays[f"{split}_stream"] = c.stream.astype(np.uint16)
     np.savez_compressed(to, **arrays)
@@ -116,7 +121,8 @@ def unpack(path: Path) -> tuple[str, Corpus, Corpus]:
         for split in ("train", "holdout"):
             a = {f: z[f"{split}_{f}"] for f in FIELDS}
             a["stream"] = a["stream"].astype(np.int32)
-            out.append(Corpus(**a, files=int(z[f"{split}_files"])))
+            fg = z[f"{split}_file_groups"] if f"{split}_file_groups" in z.files else None
+            out.append(Corpus(**a, files=int(z[f"{split}_files"]), file_groups=fg))
         return str(z["model_id"]), out[0], out[1]
 
 
@@ -137,7 +143,9 @@ def train(args: argparse.Namespace) -> None:
                          lr=args.lr, warmup=args.warmup, eval_every=args.eval_every,
                          eval_examples=args.eval_examples,
                          checkpoint_every=args.checkpoint_every, seed=args.seed,
-                         net={"block": args.block} if args.block != "plain" else {})
+                         context_upper=args.context_upper,
+                         net={**({"block": args.block} if args.block != "plain" else {}),
+                              **({"levels": args.levels} if args.levels else {})})
     checkpoint = args.out / "checkpoint.pt"
     if not checkpoint.is_file() and args.init is not None:
         state = new_state(config, model)
@@ -163,7 +171,7 @@ def train(args: argparse.Namespace) -> None:
     print(f"model {model.id} on {model.device} {model.dtype}; resuming at step {first}; "
           f"{len(corpus.blocks)} blocks, {len(corpus.groups)} groups", flush=True)
     state = train_gistnet(config, model, progress, stop_after=args.seconds,
-                          corpora=(corpus, held))
+                          corpora=(corpus, held), stop_at=args.stop_at)
     print(f"stopped at step {state.step} after {time.monotonic() - started:.0f}s", flush=True)
 
 
@@ -182,6 +190,8 @@ def main() -> None:
                    help="llama: the base model's layer shape, from its first layers")
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--seconds", type=float, default=480)
+    t.add_argument("--stop-at", type=int, help="stop (checkpoint, export) at this step of the "
+                   "--steps schedule")
     t.add_argument("--dtype", default="auto",
                    help="the base model's dtype (auto: bfloat16 on a GPU, float32 on a CPU)")
     defaults = TrainConfig(lib=Path(), out=Path())
@@ -194,6 +204,12 @@ def main() -> None:
         t.add_argument("--" + name.replace("_", "-"), type=int,
                        default=getattr(defaults, name))
     t.add_argument("--lr", type=float, default=defaults.lr)
+    t.add_argument("--context-upper", action="store_true",
+                   help="the pool holds whole files: foreign files' roots and folders "
+                        "(levels 3-5), as a working context holds them")
+    t.add_argument("--levels", type=int, default=0,
+                   help="level embeddings of the net (default: the net's own, 2); more than "
+                        "--init's weights have start as copies of its last")
     args = p.parse_args()
     if args.cmd == "pack":
         pack(args.lib, args.cache, args.to)

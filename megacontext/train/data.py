@@ -6,8 +6,9 @@ Third-party packages are never trained on; benchmarks evaluate on them.
 
 A `Corpus` is one token stream (every file's header and text, files in path order) with the
 spans gists stand in for: level-1 blocks and level-2 groups of blocks, exactly as the tree
-cuts them. A span's prefix may reach back into the previous file, as it would in a working
-context.
+cuts them, and which groups make up each file (the file's root and, over files in path
+order, directories are the levels above). A span's prefix may reach back into the previous
+file, as it would in a working context.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ HOLDOUT_PACKAGES = ("asyncio", "email", "json", "xml", "http", "concurrent", "to
 EXCLUDED_PARTS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages",
                             "__pycache__", "test_support"})
 MAX_FILE_BYTES = 400_000
+CORPUS_FORMAT = 2  # bump when `Corpus` gains fields, so cached corpora are rebuilt
 
 
 def stdlib_files(lib: Path, split: str) -> list[str]:
@@ -71,22 +73,30 @@ class Corpus:
     group_children: np.ndarray  # (N2 + 1,) int64: group g's blocks are rows lo..hi of
     group_blocks: np.ndarray  # (M, 2) int64 block spans, grouped
     files: int
+    file_groups: np.ndarray | None = None  # (files + 1,) int64: file f's groups are rows lo..hi
 
     def children(self, g: int) -> np.ndarray:
         return self.group_blocks[self.group_children[g] : self.group_children[g + 1]]
+
+    def file_of(self, g: int) -> int:
+        """The file group `g` belongs to (needs `file_groups`)."""
+        assert self.file_groups is not None, "this corpus was built without file structure"
+        return int(np.searchsorted(self.file_groups, g, side="right")) - 1
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, stream=self.stream, blocks=self.blocks, groups=self.groups,
                  group_children=self.group_children, group_blocks=self.group_blocks,
-                 files=np.asarray(self.files))
+                 files=np.asarray(self.files),
+                 **({} if self.file_groups is None else {"file_groups": self.file_groups}))
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> Corpus:
         with np.load(path) as z:
             return cls(z["stream"], z["blocks"], z["groups"], z["group_children"],
-                       z["group_blocks"], int(z["files"]))
+                       z["group_blocks"], int(z["files"]),
+                       z["file_groups"] if "file_groups" in z.files else None)
 
 
 def build_corpus(root: Path, paths: list[str], model: BaseModel,
@@ -102,7 +112,7 @@ def build_corpus(root: Path, paths: list[str], model: BaseModel,
         except (OSError, UnicodeDecodeError):
             continue
     trees = file_trees(texts, model, progress=progress)
-    streams, blocks, groups, bounds, group_blocks = [], [], [], [0], []
+    streams, blocks, groups, bounds, group_blocks, file_groups = [], [], [], [0], [], [0]
     offset = 0
     for path in sorted(trees):
         t = trees[path]
@@ -116,6 +126,7 @@ def build_corpus(root: Path, paths: list[str], model: BaseModel,
             groups.append((t.tok_start[g] + offset, t.tok_end[g] + offset))
             group_blocks.append(np.stack([t.tok_start[kids], t.tok_end[kids]], 1) + offset)
             bounds.append(bounds[-1] + len(kids))
+        file_groups.append(len(groups))
         offset += len(t.tokens)
     return Corpus(
         stream=np.concatenate(streams).astype(np.int32),
@@ -124,13 +135,14 @@ def build_corpus(root: Path, paths: list[str], model: BaseModel,
         group_children=np.asarray(bounds, np.int64),
         group_blocks=np.concatenate(group_blocks).astype(np.int64).reshape(-1, 2),
         files=len(trees),
+        file_groups=np.asarray(file_groups, np.int64),
     )
 
 
 def cached_corpus(root: Path, paths: list[str], model: BaseModel, cache: Path,
                   progress: Callable[[str, int, int], None] | None = None) -> Corpus:
     """`build_corpus`, remembered on disk by (model, file list, file sizes)."""
-    h = hashlib.blake2b(model.id.encode(), digest_size=8)
+    h = hashlib.blake2b(f"{CORPUS_FORMAT}|{model.id}".encode(), digest_size=8)
     for p in paths:
         h.update(p.encode())
         h.update(str((root / p).stat().st_size).encode())

@@ -10,7 +10,11 @@ gists are used, many at a time — and scored the same way on held-out windows
 (`ctx_recovery`: below 0, the gists do worse than deleting them). With `context_pool`,
 foreign gists of levels 2–3 are built on level-1 gists remade every `context_pool_every`
 steps (`ForeignPool`), so a context can hold as many gists as a working context does; the
-pool is not checkpointed, and a resumed run remakes it from the resumed net.
+pool is not checkpointed, and a resumed run remakes it from the resumed net. With
+`context_upper`, the pool holds runs of whole files and foreign gists of levels 3–5 are
+what a working context's upper levels are: files' roots and folders of files (give the net
+`levels` embeddings for them: `net={"levels": 5}`; weights with fewer continue with the
+last level's embedding copied into the new ones).
 
 **Start from the best constant, then learn content.** Trained from a random start with
 small batches, GistNet collapses: it learns the one vector that does best for every span (a
@@ -34,7 +38,7 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +83,7 @@ class TrainConfig:
     context_foreign: int = 16  # mean foreign gists per context example (0 to twice this)
     context_pool: int = 0  # runs of groups whose level-1 gists foreign gists reuse (0: none)
     context_pool_every: int = 25  # steps between refills of that pool
+    context_upper: bool = False  # the pool holds whole files: foreign files' roots and folders
     prefix: int = 64
     horizon: int = 48
     lr: float = 1e-4
@@ -149,13 +154,19 @@ def load_checkpoint(state: TrainState, path: Path) -> None:
 
 def start_from_weights(state: TrainState, weights: Path) -> None:
     """Continue a run from exported weights (`save_gistnet`'s files) instead of a fresh
-    start; they must hold a GistNet of this run's shape."""
+    start; they must hold a GistNet of this run's shape, save that a run may give it more
+    level embeddings (each new one starts as a copy of its last: the net is unchanged)."""
     net, _ = load_gistnet(weights, state.net.query.device)
-    if net.config != state.net.config:
+    ours = state.net.config
+    if replace(net.config, levels=ours.levels) != ours or net.config.levels > ours.levels:
         raise RunMismatch(f"{weights} holds a {net.config.block} GistNet of another shape than "
-                          f"this run trains ({state.net.config.block}): pass the matching "
-                          "block, or start fresh")
-    state.net.load_state_dict(net.state_dict())
+                          f"this run trains ({ours.block}, {ours.levels} levels): pass the "
+                          "matching block, or start fresh")
+    weights_now = net.state_dict()
+    table = weights_now["level_embedding"]
+    extra = table[-1:].expand(ours.levels - len(table), -1)
+    weights_now["level_embedding"] = torch.cat([table, extra])
+    state.net.load_state_dict(weights_now)
 
 
 def _every(n: int, step: int) -> bool:
@@ -216,7 +227,7 @@ def _pool(state: TrainState, config: TrainConfig, model: BaseModel, corpus: Corp
         state.net.eval()
         pool = foreign_pool(state.net, model, corpus,
                             np.random.default_rng([config.seed, refill, 2]),
-                            config.context_pool, model.device)
+                            config.context_pool, model.device, files=config.context_upper)
         state.net.train()
         state.pool = (refill, pool)
     return state.pool[1]
@@ -277,7 +288,8 @@ def evaluate_context(net: GistNet, model: BaseModel, corpus: Corpus, rows: np.nd
     net.eval()
     sums = np.zeros(3)
     pool = (foreign_pool(net, model, corpus, np.random.default_rng([config.seed, 10**9, 2]),
-                         config.context_pool, model.device) if config.context_pool else None)
+                         config.context_pool, model.device, files=config.context_upper)
+            if config.context_pool else None)
     with torch.no_grad():
         for lo in range(0, len(rows), batch):
             rng = np.random.default_rng([config.seed, 10**9, lo])
@@ -293,8 +305,10 @@ def evaluate_context(net: GistNet, model: BaseModel, corpus: Corpus, rows: np.nd
 
 def train_gistnet(config: TrainConfig, model: BaseModel, progress: Progress,
                   stop_after: float | None = None,
-                  corpora: tuple[Corpus, Corpus] | None = None) -> TrainState:
-    """Train (or resume) until `config.steps`, or until `stop_after` seconds have passed.
+                  corpora: tuple[Corpus, Corpus] | None = None,
+                  stop_at: int | None = None) -> TrainState:
+    """Train (or resume) until `config.steps`, or until `stop_after` seconds have passed, or
+    (`stop_at`) until that step of the schedule — e.g. to compare runs midway.
     `corpora` (train, held out) are built from `config.lib` unless given (e.g. carried to a
     machine without the parsers, already built)."""
     started = time.monotonic()
@@ -345,6 +359,7 @@ def train_gistnet(config: TrainConfig, model: BaseModel, progress: Progress,
         progress(state.step, config.steps, metrics)
         last = state.step == config.steps
         timed_out = stop_after is not None and time.monotonic() - started > stop_after
+        timed_out = timed_out or (stop_at is not None and state.step >= stop_at)
         if state.step % config.checkpoint_every == 0 or last or timed_out:
             save_checkpoint(state, config, checkpoint)
             export(state, config, model, corpus, held)
@@ -371,7 +386,12 @@ def export(state: TrainState, config: TrainConfig, model: BaseModel, corpus: Cor
                         f"{2 * config.context_foreign} gists of other text among them"
                         + (f" (levels 2-3 built on level-1 gists of {config.context_pool} "
                            f"runs of groups, remade every {config.context_pool_every} steps)"
-                           if config.context_pool else "")
+                           if config.context_pool and not config.context_upper else "")
+                        + (f" (levels 2-5 as the tree builds them: groups, files' roots and "
+                           f"folders of files, over the level-1 and level-2 gists of "
+                           f"{config.context_pool} runs of whole files, remade every "
+                           f"{config.context_pool_every} steps)"
+                           if config.context_pool and config.context_upper else "")
                         + ", KL + NLL over every raw token after the first gist"
                         if config.context_every else ""),
         "train_config": {k: (str(v) if isinstance(v, Path) else v)

@@ -201,6 +201,13 @@ LAYOUT = (0.45, 0.30, 0.15, 0.10)  # chance that a piece is raw, a level-1, -2 o
 LEVEL2_RUN = (2, 8)  # blocks under a level-2 gist (inclusive range)
 LEVEL3_RUN = (2, 4)  # level-2 gists under a level-3 gist, each over 2–4 blocks
 FOREIGN_LEVELS = (0.4, 0.4, 0.2)  # chance that a foreign gist is of level 1, 2 or 3
+# With a pool over files, levels 3-5 are a file's root or directories of files, as in the
+# tree (a working context of 1-4K tokens holds roughly 50/28/18/3 % gists of levels 1/2/3/≥4;
+# levels ≥ 4 are drawn more often than that so that they get a signal).
+UPPER_FOREIGN_LEVELS = (0.40, 0.28, 0.20, 0.08, 0.04)
+FILE_RUN = (2, 8)  # files under a directory node (inclusive range), and most in a pool run
+RUN_GROUPS = 32  # most groups in a pool run of files (a longer first file is taken whole)
+FANOUT = 32  # most children of a node, as in the tree
 
 
 @dataclass(frozen=True, eq=False)
@@ -235,20 +242,41 @@ class ForeignPool:
     more gists of other text; building each from scratch would cost thousands of level-1
     calls per example. With the pool, a foreign gist's own (top) GistNet call still takes
     the gradient; only its level-1 children are given, as the net made them when the pool
-    was filled (rebuild it every few steps)."""
+    was filled (rebuild it every few steps).
+
+    A pool over *files* (`foreign_pool(..., files=True)`) takes runs of whole consecutive
+    files instead, and also holds their groups' level-2 gists, so that foreign gists can
+    be what a working context's upper levels are: a file's root over its groups, and
+    directory nodes over files' roots (levels 3–5)."""
 
     runs: list[list[int]]  # group indices, consecutive within a run
     level1: dict[int, torch.Tensor]  # group index -> (children, D) level-1 gists
+    files: list[list[int]] = field(default_factory=list)  # per run, its files (pool over files)
+    level2: dict[int, torch.Tensor] = field(default_factory=dict)  # group -> (D,) level-2 gist
 
 
 def foreign_pool(gist: GistFn, model: BaseModel, corpus: Corpus, rng: np.random.Generator,
                  runs: int, device: torch.device, run_length: int = LEVEL3_RUN[1],
-                 batch: int = 256) -> ForeignPool:
-    """`runs` random runs of `run_length` consecutive groups and their level-1 gists."""
-    n = len(corpus.groups)
-    starts = rng.choice(max(n - run_length + 1, 1), size=min(runs, max(n - run_length + 1, 1)),
-                        replace=False)
-    chosen = [list(range(int(a), min(int(a) + run_length, n))) for a in starts]
+                 batch: int = 256, files: bool = False) -> ForeignPool:
+    """`runs` random runs of `run_length` consecutive groups and their level-1 gists; with
+    `files` (and a corpus that knows its files), runs of up to FILE_RUN[1] consecutive whole
+    files (at most RUN_GROUPS groups, at least one file) and their level-2 gists too."""
+    chosen_files: list[list[int]] = []
+    if files and corpus.file_groups is not None and corpus.files:
+        fg = corpus.file_groups
+        for a in rng.choice(corpus.files, size=min(runs, corpus.files), replace=False):
+            run, total = [int(a)], int(fg[a + 1] - fg[a])
+            while (len(run) < FILE_RUN[1] and run[-1] + 1 < corpus.files
+                   and total + fg[run[-1] + 2] - fg[run[-1] + 1] <= RUN_GROUPS):
+                total += int(fg[run[-1] + 2] - fg[run[-1] + 1])
+                run.append(run[-1] + 1)
+            chosen_files.append(run)
+        chosen = [list(range(int(fg[r[0]]), int(fg[r[-1] + 1]))) for r in chosen_files]
+    else:
+        n = len(corpus.groups)
+        starts = rng.choice(max(n - run_length + 1, 1),
+                            size=min(runs, max(n - run_length + 1, 1)), replace=False)
+        chosen = [list(range(int(a), min(int(a) + run_length, n))) for a in starts]
     groups = sorted({g for run in chosen for g in run})
     blocks = [(g, int(a), int(b)) for g in groups for a, b in corpus.children(g)]
     out: list[torch.Tensor] = []
@@ -265,7 +293,15 @@ def foreign_pool(gist: GistFn, model: BaseModel, corpus: Corpus, rng: np.random.
         k = len(corpus.children(g))
         level1[g] = vectors[at : at + k]
         at += k
-    return ForeignPool(chosen, level1)
+    level2: dict[int, torch.Tensor] = {}
+    if chosen_files:
+        with torch.no_grad():
+            for lo in range(0, len(groups), batch):
+                gs = groups[lo : lo + batch]
+                x, mask = _padded([level1[g] for g in gs], model.dim, device)
+                made = gist(x, mask, torch.full((len(gs),), 2, dtype=torch.long, device=device))
+                level2.update({g: v.detach() for g, v in zip(gs, made, strict=True)})
+    return ForeignPool(chosen, level1, chosen_files, level2)
 
 
 def sample_pieces(rng: np.random.Generator, bounds: np.ndarray,
@@ -345,6 +381,8 @@ def _foreign(corpus: Corpus, rng: np.random.Generator, at: int,
     """A gist of levels 1–3 of a random place in the corpus — a block, a group of blocks
     (level 2) or a run of consecutive groups (level 3) — with its tokens, placed at `at`.
     With a pool, groups come from its runs and their level-1 gists go into `fixed`."""
+    if pool is not None and pool.files and fixed is not None:
+        return _upper_foreign(corpus, rng, at, pool, fixed)
     level = 1 + int(rng.choice(len(FOREIGN_LEVELS), p=FOREIGN_LEVELS))
     if level == 1 or not len(corpus.groups) or (pool is not None and not pool.runs):
         a, b = (int(x) for x in corpus.blocks[rng.integers(len(corpus.blocks))])
@@ -369,6 +407,95 @@ def _foreign(corpus: Corpus, rng: np.random.Generator, at: int,
         groups.append(Piece(2, kids[0].lo, kids[-1].hi, tuple(kids)))
     piece = groups[0] if level == 2 else Piece(3, at, offset, tuple(groups))
     return piece, np.concatenate(toks).astype(np.int64)
+
+
+class _Nodes:
+    """Builds foreign nodes over a pool's files the way the tree does, laying their tokens
+    end to end from `at`; level-1 vectors (and level-2 ones when asked) go into `fixed`."""
+
+    def __init__(self, corpus: Corpus, pool: ForeignPool, fixed: dict[Piece, torch.Tensor],
+                 at: int) -> None:
+        self.corpus, self.pool, self.fixed, self.at = corpus, pool, fixed, at
+        self.tokens: list[np.ndarray] = []
+
+    def group(self, g: int, given: bool) -> Piece:
+        kids = []
+        for k, (a, b) in enumerate(self.corpus.children(g)):
+            kid = Piece(1, self.at, self.at + int(b - a))
+            self.tokens.append(self.corpus.stream[a:b])
+            self.at = kid.hi
+            if not given:
+                self.fixed[kid] = self.pool.level1[g][k]
+            kids.append(kid)
+        node = Piece(2, kids[0].lo, kids[-1].hi, tuple(kids))
+        if given:
+            self.fixed[node] = self.pool.level2[g]
+        return node
+
+    def file(self, f: int, given: bool) -> Piece:
+        """File f's root: its one group, or level-3 nodes over ≤ FANOUT groups (and one
+        level-4 root over those when there are more)."""
+        fg = self.corpus.file_groups
+        assert fg is not None
+        nodes = [self.group(g, given) for g in range(int(fg[f]), int(fg[f + 1]))]
+        while len(nodes) > 1:
+            nodes = [self.over(nodes[i : i + FANOUT]) for i in range(0, len(nodes), FANOUT)]
+        return nodes[0]
+
+    @staticmethod
+    def over(children: list[Piece]) -> Piece:
+        """A node over children (a folder of one child is that child, as in the tree)."""
+        if len(children) == 1:
+            return children[0]
+        return Piece(max(c.level for c in children) + 1, children[0].lo, children[-1].hi,
+                     tuple(children))
+
+    def text(self) -> np.ndarray:
+        return np.concatenate(self.tokens).astype(np.int64)
+
+
+def _upper_foreign(corpus: Corpus, rng: np.random.Generator, at: int, pool: ForeignPool,
+                   fixed: dict[Piece, torch.Tensor]) -> tuple[Piece, np.ndarray]:
+    """A foreign gist of a pool over files: a block (level 1), a group (2), a file's root
+    over its groups or a folder of one-group files (3), a folder of files (about 4) or a
+    folder of folders (about 5). Level-1 vectors are given; so are level-2 ones under the
+    folders of levels ≥ 4, whose upper calls take the gradient."""
+    level = 1 + int(rng.choice(len(UPPER_FOREIGN_LEVELS), p=UPPER_FOREIGN_LEVELS))
+    if level == 1:
+        a, b = (int(x) for x in corpus.blocks[rng.integers(len(corpus.blocks))])
+        return Piece(1, at, at + b - a), corpus.stream[a:b].astype(np.int64)
+    fg = corpus.file_groups
+    assert fg is not None
+    r = int(rng.integers(len(pool.files)))
+    files, nodes = pool.files[r], _Nodes(corpus, pool, fixed, at)
+
+    def size(f: int) -> int:
+        return int(fg[f + 1] - fg[f])
+
+    if level == 2:
+        piece = nodes.group(int(rng.choice(pool.runs[r])), given=False)
+    elif level == 3:
+        i = int(rng.integers(len(files)))
+        if size(files[i]) > 1:
+            piece = nodes.file(files[i], given=False)
+        else:  # a folder of small files
+            k, j = int(rng.integers(FILE_RUN[0], FILE_RUN[1] + 1)), i + 1
+            while j < len(files) and j - i < k and size(files[j]) == 1:
+                j += 1
+            piece = nodes.over([nodes.file(f, given=False) for f in files[i:j]])
+    else:
+        k = min(int(rng.integers(FILE_RUN[0], FILE_RUN[1] + 1)), len(files))
+        i = int(rng.integers(len(files) - k + 1))
+        chosen = files[i : i + k]
+        parts = [chosen]
+        if level == 5 and len(chosen) >= 4:  # a folder of two or three folders
+            cuts = np.sort(rng.choice(np.arange(2, len(chosen) - 1),
+                                      size=min(int(rng.integers(1, 3)), len(chosen) - 3),
+                                      replace=False))
+            parts = np.split(np.asarray(chosen), cuts)
+        folders = [nodes.over([nodes.file(int(f), given=True) for f in part]) for part in parts]
+        piece = nodes.over(folders)
+    return piece, nodes.text()
 
 
 def gist_pieces(gist: GistFn, model: BaseModel, batch: ContextBatch, device: torch.device

@@ -28,7 +28,8 @@ from megacontext.train.objective import (
     sample_pieces,
     substitution,
 )
-from tests.megacontext.test_gistnet import MODEL, _config, _repo, net
+from megacontext.tree import header_text
+from tests.megacontext.test_gistnet import MODEL, SMALL, _config, _repo, net
 
 
 def _tiles(pieces: list[Piece], lo: int, hi: int) -> bool:
@@ -201,3 +202,101 @@ def test_a_run_mixes_context_steps_and_scores_gists_in_context(tmp_path: Path) -
                                    context_pool_every=3), MODEL, lambda s, n, m: None)
     assert pooled.pool is not None and pooled.pool[0] == 1  # refilled at step 3
     assert np.isfinite(pooled.evals[-1]["ctx_recovery"])
+
+
+def _tree_repo(root: Path) -> Path:
+    """Files of 1 to 60 functions: some one group, some several (levels 3 and 4 above)."""
+    rng = np.random.default_rng(1)
+    words = ["alpha", "beta", "gamma", "delta", "value", "items", "total", "result"]
+    for f, n in enumerate([2, 3, 40, 1, 2, 60, 2, 25, 1, 3]):
+        lines = []
+        for d in range(n):
+            a, b = rng.choice(words, 2, replace=False)
+            lines += [f"def {a}_{f}_{d}({b}):", f"    {a} = {b} * {d} + {f}",
+                      f"    return {a} - len({b!r})", ""]
+        (root / f"m{f:02d}.py").write_text("\n".join(lines))
+    return root
+
+
+def test_a_corpus_knows_which_groups_make_up_each_file(tmp_path: Path) -> None:
+    paths = sorted(p.name for p in _tree_repo(tmp_path).glob("*.py"))
+    corpus = build_corpus(tmp_path, paths, MODEL)
+    fg = corpus.file_groups
+    assert fg is not None and len(fg) == corpus.files + 1 == len(paths) + 1
+    assert fg[0] == 0 and fg[-1] == len(corpus.groups) and (np.diff(fg) >= 1).all()
+    sizes = np.diff(fg)
+    assert sizes.max() > 1 and sizes.min() == 1  # files of one group and of several
+    for f, path in enumerate(paths):  # a file's first group starts at its header
+        header = MODEL.encode([header_text(path)])[0].ids.tolist()
+        start = int(corpus.groups[fg[f], 0])
+        assert corpus.stream[start : start + len(header)].tolist() == header
+        assert corpus.file_of(int(fg[f + 1]) - 1) == f
+    corpus.save(tmp_path / "c.npz")
+    again = type(corpus).load(tmp_path / "c.npz")
+    assert again.file_groups is not None and (again.file_groups == fg).all()
+
+
+def _check_node(p: Piece) -> None:
+    if p.level == 1:
+        return
+    assert p.children and _tiles(list(p.children), p.lo, p.hi)
+    assert len(p.children) <= 32
+    if p.level == 2:
+        assert all(c.level == 1 for c in p.children)
+    else:  # a file's root or a folder: one above its highest child, as in the tree
+        assert p.level == max(c.level for c in p.children) + 1 and len(p.children) >= 2
+    for c in p.children:
+        _check_node(c)
+
+
+def test_a_pool_over_files_gives_upper_gists_as_the_tree_builds_them(tmp_path: Path) -> None:
+    paths = sorted(p.name for p in _tree_repo(tmp_path).glob("*.py"))
+    corpus = build_corpus(tmp_path, paths, MODEL)
+    fg = corpus.file_groups
+    assert fg is not None
+    g = net()
+    pool = foreign_pool(g, MODEL, corpus, np.random.default_rng(0), 4, MODEL.device,
+                        files=True)
+    assert len(pool.files) == 4
+    for files, run in zip(pool.files, pool.runs, strict=True):
+        assert files == list(range(files[0], files[0] + len(files)))  # consecutive files
+        assert run == list(range(int(fg[files[0]]), int(fg[files[-1] + 1])))  # whole
+    assert set(pool.level2) == set(pool.level1) == {x for run in pool.runs for x in run}
+    rows = context_candidates(corpus, 4, 16, 8)[:8]
+    cb = make_context_batch(corpus, rows, 4, 16, 8, np.random.default_rng(5), foreign=6,
+                            pool=pool)
+    window_end = [c[0] for c in cb.cont]
+    foreign = [p for ps, e in zip(cb.pieces, window_end, strict=True) for p in ps if p.lo >= e]
+    levels = {p.level for p in foreign}
+    assert {1, 2, 3, 4} <= levels, levels
+    for p in foreign:
+        _check_node(p)
+    # given level-2 vectors are what the net makes of their blocks; the nodes above them
+    # come out as a full build would make them, and learn
+    assert any(p.level == 2 for p in cb.fixed)
+    full = ContextBatch(cb.tokens, cb.pieces, cb.cont)
+    made = gist_pieces(g, MODEL, cb, MODEL.device)
+    with torch.no_grad():
+        want = gist_pieces(g, MODEL, full, MODEL.device)
+    for p, v in made.items():
+        torch.testing.assert_close(v, want[p], atol=1e-5, rtol=1e-5)
+    for p, v in cb.fixed.items():
+        torch.testing.assert_close(v, want[p], atol=1e-5, rtol=1e-5)
+    uppers = [p for p in foreign if p.level >= 3]
+    assert uppers and all(made[p].requires_grad for p in uppers)
+    assert not any(v.requires_grad for v in cb.fixed.values())
+
+
+def test_a_run_with_upper_gists_gives_the_net_their_level_embeddings(tmp_path: Path) -> None:
+    (tmp_path / "lib" / "json").mkdir(parents=True)
+    lib = _tree_repo(tmp_path / "lib")
+    _tree_repo(lib / "json")
+    config = _config(tmp_path, lib=lib, steps=2, eval_every=2, eval_examples=2,
+                     context_every=1, context_blocks=4, context_batch=2, context_foreign=4,
+                     context_pool=3, context_upper=True, net={**SMALL, "levels": 5})
+    state = train_gistnet(config, MODEL, lambda s, n, m: None)
+    assert state.pool is not None and state.pool[1].files
+    assert state.net.level_embedding.grad is not None
+    touched = state.net.level_embedding.grad.abs().sum(1) > 0
+    assert touched[2:].any(), "levels 3-5 got a gradient"
+    assert np.isfinite(state.evals[-1]["ctx_nll_gist"])  # the held-out check ran with them

@@ -3,6 +3,7 @@ learns (on a tiny random base model)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,27 @@ def test_a_run_continues_exported_weights_of_its_own_shape_only(tmp_path: Path) 
         torch.testing.assert_close(v, before[k])
 
 
+def test_a_run_may_give_continued_weights_more_level_embeddings(tmp_path: Path) -> None:
+    two = new_state(_config(tmp_path), MODEL)
+    with torch.no_grad():
+        two.net.level_embedding.add_(torch.randn_like(two.net.level_embedding))
+    path = save_gistnet(two.net, tmp_path / "w", "gistnet-tiny", {"base_model": MODEL.id})
+    five = new_state(_config(tmp_path, seed=1, net={**SMALL, "levels": 5}), MODEL)
+    start_from_weights(five, path)
+    x = torch.randn(3, 7, 32)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    with torch.no_grad():
+        old = two.net.half().float().eval()
+        for level in range(1, 7):  # unchanged at every level (above 2: the last's embedding)
+            lv = torch.full((3,), level)
+            torch.testing.assert_close(five.net.eval()(x, mask, lv), old(x, mask, lv))
+    assert five.net.level_embedding.shape[0] == 5
+    back = new_state(_config(tmp_path), MODEL)  # fewer levels than the weights: refused
+    with pytest.raises(RunMismatch, match="another shape"):
+        start_from_weights(back, save_gistnet(five.net, tmp_path / "w5", "gistnet-tiny",
+                                              {"base_model": MODEL.id}))
+
+
 def _repo(root: Path) -> Path:
     rng = np.random.default_rng(0)
     words = ["alpha", "beta", "gamma", "delta", "value", "items", "total", "result"]
@@ -315,8 +337,12 @@ def test_checkpoint_round_trip_and_resume(tmp_path: Path) -> None:
     assert again.step == 4 and len(again.history) == 4
     for a, b in zip(again.net.parameters(), state.net.parameters(), strict=True):
         torch.testing.assert_close(a, b)
-    more = train_gistnet(_config(tmp_path, lib=lib, steps=6, eval_every=100, eval_examples=2,
-                                 level2_every=2), MODEL, lambda s, n, m: seen.append(s))
+    longer = _config(tmp_path, lib=lib, steps=7, eval_every=100, eval_examples=2,
+                     level2_every=2)
+    midway = train_gistnet(longer, MODEL, lambda s, n, m: seen.append(s), stop_at=5)
+    assert midway.step == 5 and seen[-1] == 5  # stopped midway through a longer schedule
+    assert load_checkpoint(again, config.out / "checkpoint.pt") is None and again.step == 5
+    more = train_gistnet(replace(longer, steps=6), MODEL, lambda s, n, m: seen.append(s))
     assert more.step == 6 and seen[-2:] == [5, 6]  # resumed, not restarted
     save_checkpoint(more, config, tmp_path / "c.pt")
     with pytest.raises(ValueError, match="another shape"):
