@@ -132,6 +132,9 @@ def train(args: argparse.Namespace) -> None:
     model_id, corpus, held = unpack(args.corpus)
     if model_id != model.id:
         sys.exit(f"corpus was tokenised for {model_id}, this base model is {model.id}")
+    if args.context_upper and corpus.file_groups is None:
+        sys.exit(f"{args.corpus} was packed without its files' structure, which "
+                 "--context-upper needs: pack it again")
     config = TrainConfig(lib=Path("(packed corpus)"), out=args.out, steps=args.steps,
                          batch=args.batch, accumulate=args.accumulate,
                          level2_batch=args.level2_batch, level2_every=args.level2_every,
