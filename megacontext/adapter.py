@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata as metadata
+import inspect
 import json
 import shutil
 import tempfile
@@ -99,6 +100,14 @@ class BaseModel:
             self._lm = lm.to(self.device).eval().requires_grad_(False)
         return self._lm
 
+    def _run(self, embeds: torch.Tensor, positions: torch.Tensor, cache: object) -> torch.Tensor:
+        """Logits of a forward pass that extends `cache` in place (Cache objects are updated
+        where they are: the same object comes back under either argument name)."""
+        lm = self.causal_lm()
+        out = lm(inputs_embeds=embeds.to(self.device, self.dtype), position_ids=positions,
+                 use_cache=True, **{_cache_argument(type(lm)): cache})
+        return out.logits
+
     def _source(self) -> str:
         return str(self._folder) if self._folder is not None else str(self._name)
 
@@ -153,10 +162,8 @@ class BaseModel:
         cache = cache if cache is not None else DynamicCache()
         positions = torch.arange(start, start + T, device=self.device)[None]
         with torch.no_grad():
-            out = self.causal_lm()(inputs_embeds=embeds.to(self.device, self.dtype),
-                                   position_ids=positions, past_key_values=cache,
-                                   use_cache=True)
-        return out.logits, out.past_key_values
+            logits = self._run(embeds, positions, cache)
+        return logits, cache
 
     def batch_forward(self, embeds: torch.Tensor, cache: object | None = None
                       ) -> tuple[torch.Tensor, object]:
@@ -169,9 +176,7 @@ class BaseModel:
         cache = cache if cache is not None else DynamicCache()
         start = cache.get_seq_length()
         positions = torch.arange(start, start + T, device=self.device)[None].expand(B, T)
-        out = self.causal_lm()(inputs_embeds=embeds.to(self.device, self.dtype),
-                               position_ids=positions, past_key_values=cache, use_cache=True)
-        return out.logits, out.past_key_values
+        return self._run(embeds, positions, cache), cache
 
     def logits_at(self, embeds: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """(B, H, V) logits at positions `at` (B, H) of the (B, T, D) right-padded `embeds`.
@@ -183,6 +188,29 @@ class BaseModel:
         picked = hidden.gather(1, at.to(self.device)[..., None].expand(-1, -1,
                                                                        hidden.shape[-1]))
         return lm.get_output_embeddings()(picked)
+
+    def attention_profile(self, embeds: torch.Tensor, queries: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A diagnostic pass over (1, T, D) `embeds`: (layers, T) the attention each position
+        receives from the query positions `queries` (Q,), averaged over heads and queries,
+        and (layers + 1, T) the norm of each position's hidden state (the input first, the
+        final norm's output last). Runs eager attention for this one pass: the fast kernels
+        do not return attention weights."""
+        assert embeds.shape[0] == 1, "one sequence at a time"
+        lm = self.causal_lm()
+        before = lm.config._attn_implementation
+        lm.set_attn_implementation("eager")
+        try:
+            with torch.no_grad():
+                out = lm.base_model(inputs_embeds=embeds.to(self.device, self.dtype),
+                                    output_attentions=True, output_hidden_states=True,
+                                    use_cache=False)
+        finally:
+            lm.set_attn_implementation(before)
+        q = queries.to(self.device)
+        received = torch.stack([a[0][:, q].float().mean((0, 1)) for a in out.attentions])
+        norms = torch.stack([h[0].float().norm(dim=-1) for h in out.hidden_states])
+        return received.cpu(), norms.cpu()
 
     def target_nll(self, embeds: torch.Tensor, at: torch.Tensor, targets: torch.Tensor,
                    valid: torch.Tensor) -> torch.Tensor:
@@ -312,6 +340,14 @@ def load_base_model(config: ModelConfig) -> BaseModel:
         return BaseModel(model_id, folder, None, _load_tokenizer(folder),
                          _load_embeddings(folder), config.device, config.dtype)
     return _load_hf_model(config)
+
+
+@functools.cache
+def _cache_argument(cls: type) -> str:
+    """The name a model class's forward takes its KV cache by: transformers 5 renamed
+    `past_key_values` to `cache` (the old name goes in 5.40); older versions know only it."""
+    params = inspect.signature(cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def random_model(tokenizer: Tokenizer, dim: int = 32, layers: int = 2, seed: int = 0,
