@@ -39,6 +39,13 @@ def label(name: str) -> str:
     return name
 
 
+def layout(rows: dict[tuple, dict]) -> str:
+    """Where the run's target NLL read the context: after the chat template's opening (as
+    `mcagent ask` does), or first in the sequence (runs made before the opening)."""
+    return "; after the opening" if any(r.get("opening") for r in rows.values()) else \
+        "; no opening"
+
+
 def load(name: str) -> dict[tuple, dict]:
     path = RESULTS / f"{name}.json"
     if not path.is_file():
@@ -72,7 +79,7 @@ def compare(names: list[str]) -> list[str]:
              "runs' JSON rows. Reference: the first run. Target NLL in nats/token (lower is "
              "better); Δ = run − reference on the same task, mean [95% bootstrap interval].",
              "", "| run | gists |", "|---|---|"]
-    lines += [f"| `{n}` | {label(n)} |" for n in names]
+    lines += [f"| `{n}` | {label(n)}{layout(runs[n])} |" for n in names]
     for scorer in sorted({k[0] for k in keys}):
         for budget in sorted({k[3] for k in keys}):
             ks = [k for k in keys if k[0] == scorer and k[3] == budget]

@@ -24,6 +24,12 @@ levels GistNet is not trained on) from other weights, to tell where gists help o
 `--drop-gists-from L` deletes the gists of levels ≥ L from the working context before the
 target NLL (1: every gist; raw blocks stay where the focus put them): the deleted-gists
 baseline that a context of gists has to beat.
+
+The target NLL reads the working context where `mcagent ask` puts it: after the chat
+template's opening (system prompt, the user turn's first line). `--no-opening` starts the
+sequence with the context itself, as runs before `gist_harm.md` did; then the model's first
+position is often a gist, which no training example has, and gists look much worse than
+they are in `ask` (`gist_harm.md`).
 Writes benchmarks/results/NAME.md, NAME.png and NAME.json (every task's row, for paired
 comparisons between runs, `focus_pairs.py`); NAME is `focus_quality` unless `--name` says.
 """
@@ -76,6 +82,9 @@ def main() -> None:
     ap.add_argument("--gistnet-upper", type=Path, help="GistNet weights for levels >= 3")
     ap.add_argument("--drop-gists-from", type=int, metavar="LEVEL",
                     help="delete gists of this level and above before the target NLL")
+    ap.add_argument("--no-opening", action="store_true",
+                    help="score the target without the chat template's opening before the "
+                    "context (the layout of runs before gist_harm.md)")
     ap.add_argument("--name", default="focus_quality", help="results file stem")
     args = ap.parse_args()
     for weights in (args.gistnet, args.gistnet_upper):
@@ -110,6 +119,7 @@ def main() -> None:
                     load = time.perf_counter() - t
                 sizes[package] = (len(session.repo.paths), int(sum(
                     len(v) for v in session.file_tokens.values())))
+                front = [] if args.no_opening else opening(session)
                 for n, task in enumerate(tasks):
                     gold = set(gold_blocks(session, task).tolist())
                     for budget in BUDGETS:
@@ -120,11 +130,12 @@ def main() -> None:
                                "task": task.name, "recall": bool(gold) and gold <= raw,
                                "partial": len(gold & raw) / max(len(gold), 1),
                                "seconds": timings["score"] + timings["allocate"],
-                               "load": load, "nll": None,
+                               "load": load, "nll": None, "opening": bool(front),
                                "context": composition(session, entries)}
                         if n < args.nll_tasks:
                             row["nll"] = target_nll(session, kept(session, entries,
-                                                                  args.drop_gists_from), task)
+                                                                  args.drop_gists_from), task,
+                                                    front)
                         rows.append(row)
                 done = [r for r in rows if r["package"] == package and r["scorer"] == scorer]
                 print(f"{package} {scorer}: recall " + ", ".join(
@@ -176,8 +187,22 @@ class SplitByLevel:
         return out
 
 
-def target_nll(session: object, entries: list, task: object) -> float:
-    """NLL per token of the task's target after the working context and the question."""
+def opening(session: object) -> list[int]:
+    """Token ids of the chat template before the repository context, as `mcagent ask`
+    builds them for this repository (the question comes after the context)."""
+    from megacontext.ask import SLOT, USER_TEMPLATE
+    from prompts import render
+
+    user = USER_TEMPLATE.format(name=session.name, files=len(session.repo.paths), slot=SLOT,
+                                question="")
+    before, _ = session.model.chat_ids(render("ask_system", repository=session.name), user,
+                                       SLOT)
+    return before
+
+
+def target_nll(session: object, entries: list, task: object, front: list[int]) -> float:
+    """NLL per token of the task's target after `front` (token ids), the working context and
+    the question."""
     model = session.model
     e = session.entries(entries)
     vectors = torch.empty(len(e.token_ids), model.dim)
@@ -189,7 +214,8 @@ def target_nll(session: object, entries: list, task: object) -> float:
     prompt = model.encode([task.prompt()])[0].ids.astype(np.int64)
     target = model.encode([task.target])[0].ids[:40].astype(np.int64)
     tail = model.embeddings[torch.from_numpy(np.concatenate([prompt, target[:-1]]))]
-    x = torch.cat([vectors, tail])[None]
+    head = model.embeddings[torch.tensor(front, dtype=torch.long)]
+    x = torch.cat([head, vectors, tail])[None]
     H = len(target)
     at = (x.shape[1] - H + torch.arange(H))[None]
     nll = model.target_nll(x, at, torch.from_numpy(target)[None],
@@ -218,6 +244,7 @@ def write(rows: list[dict], sizes: dict, args: argparse.Namespace, machine_text:
            else "")
         + (f" --drop-gists-from {args.drop_gists_from}" if args.drop_gists_from is not None
            else "")
+        + (" --no-opening" if args.no_opening else "")
         + (f" --name {args.name}" if args.name != "focus_quality" else "") + "`.",
         f"Gists: {gists}.",
         "Repositories: " + ", ".join(f"`{p}` ({f} files, {t:,} tokens)" for p, (f, t) in
@@ -226,7 +253,9 @@ def write(rows: list[dict], sizes: dict, args: argparse.Namespace, machine_text:
         "functions' docstrings are removed from the indexed copy.", "",
         "Gold recall = every block of the needle function is in the working context as raw "
         "tokens. Partial = the share of its blocks that are. Target NLL = nats/token of the "
-        "function's signature and first lines after the working context and the question "
+        "function's signature and first lines after "
+        + ("" if args.no_opening else "the chat template's opening (as `mcagent ask` lays it "
+           "out), ") + "the working context and the question "
         f"(first {args.nll_tasks} tasks per package; lower is better). Refocus = score + "
         "allocate, median per task. Load = the session's start, summed over the packages "
         f"(scorers run in the order {', '.join(scorers)}; `lensnet` and `dense` share one "

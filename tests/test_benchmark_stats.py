@@ -71,17 +71,18 @@ def test_benchmarks_without_matplotlib_stop_with_one_line(
 
 def test_focus_runs_pair_task_for_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                        ) -> None:
-    def rows(nlls: list[float | None]) -> list[dict]:  # task "f" twice: paired in order
+    def rows(nlls: list[float | None], **more: bool) -> list[dict]:  # "f" twice: in order
         return [{"scorer": "dense", "package": "p", "task": t, "budget": 1024,
-                 "recall": i % 2 == 0, "nll": n}
+                 "recall": i % 2 == 0, "nll": n, **more}
                 for i, (t, n) in enumerate(zip(["f", "g", "f"], nlls, strict=True))]
 
-    (tmp_path / "ref.json").write_text(json.dumps(rows([1.0, 2.0, 3.0])))
-    (tmp_path / "new.json").write_text(json.dumps(rows([1.5, 1.5, 4.0])))
+    (tmp_path / "ref.json").write_text(json.dumps(rows([1.0, 2.0, 3.0])))  # an older run
+    (tmp_path / "new.json").write_text(json.dumps(rows([1.5, 1.5, 4.0], opening=True)))
     (tmp_path / "new.md").write_text("# x\nGists: GistNet abc (9 steps).\n")
     monkeypatch.setattr(focus_pairs, "RESULTS", tmp_path)
     text = "\n".join(focus_pairs.compare(["ref", "new"]))
-    assert "| `new` | GistNet abc (9 steps) |" in text
+    assert "| `new` | GistNet abc (9 steps); after the opening |" in text
+    assert "| `ref` | ref; no opening |" in text
     # differences +0.5, -0.5, +1.0: mean +0.333, median +0.5, worse on 2 of 3
     assert "| `new` | 66.7% | 2.333 | +0.333 [" in text and "| +0.500 | 2/3 |" in text
 
@@ -139,3 +140,58 @@ def test_the_context_table_counts_windows_worse_than_no_gists() -> None:
     row = next(line for line in context_section({"code": r}) if line.startswith("| code"))
     assert "| 4 (3) |" in row  # the last window's gists cannot help (0.005 nats)
     assert "**0.50**" in row and "| 2 of 4 |" in row  # recoveries 0.5, -0.5, 1.0
+
+
+def test_gist_harm_arms_change_only_the_gists() -> None:
+    import torch
+
+    from benchmarks.gist_harm import ARMS, Context, Setup, arm_vectors, count, quarter
+
+    level = np.array([0, 1, 0, 2, 3, 1, 0, 2, 1, 0])
+    c = Context(torch.randn(10, 4), level)
+    setup = Setup(dots=torch.full((4,), 7.0), opening=torch.zeros(3, 4))
+    raw, gist = level == 0, level > 0
+    out = {a: arm_vectors(a, c, setup, np.random.default_rng(0)) for a in ARMS}
+    for a in ARMS:  # the opening first, but in the bare arms
+        assert torch.equal(out[a][:3], setup.opening) != a.startswith("bare-"), a
+    out = {a: v if a.startswith("bare-") else v[3:] for a, v in out.items()}
+    assert torch.equal(out["gists"], c.vectors) and torch.equal(out["bare-gists"], c.vectors)
+    assert torch.equal(out["none"], c.vectors[torch.from_numpy(raw)])
+    assert torch.equal(out["bare-none"], out["none"])
+    for a in ("mean", "shuffle", "dots", "scale-0.5", "scale-0.25"):
+        assert torch.equal(out[a][raw], c.vectors[raw]), f"{a} leaves raw tokens as they are"
+    ones = np.flatnonzero(level == 1)
+    assert torch.allclose(out["mean"][ones], c.vectors[ones].mean(0).expand(3, 4))
+    for lv in (1, 2, 3):  # a permutation within each level
+        at = np.flatnonzero(level == lv)
+        assert sorted(out["shuffle"][at].sum(1).tolist()) == \
+            sorted(c.vectors[at].sum(1).tolist())
+    assert bool((out["dots"][gist] == 7.0).all())
+    assert torch.allclose(out["scale-0.5"][gist], 0.5 * c.vectors[gist])
+    assert torch.allclose(out["scale-0.25"][gist], 0.25 * c.vectors[gist])
+    assert len(out["drop-L1"]) == 7 and len(out["drop-L2"]) == 8 and len(out["drop-L3+"]) == 9
+    quarters = [quarter(level, q) for q in range(4)]
+    assert (sum(q.astype(int) for q in quarters) == gist).all(), "quarters tile the gists"
+    assert np.flatnonzero(quarters[0]).max() < np.flatnonzero(quarters[3]).min()
+    row = {"context": {"gists": {"1": 3, "2": 2, "3": 1}}}
+    assert [count(row, a) for a in ("gists", "bare-gists", "none", "bare-none", "drop-L2",
+                                    "drop-L3+", "drop-q1")] == [0, 0, 6, 6, 2, 1, 2]
+
+
+def test_attention_profile_rows_are_the_queries_attention() -> None:
+    import torch
+
+    from tests.megacontext.test_gistnet import MODEL
+
+    lm = MODEL.causal_lm()
+    before = lm.config._attn_implementation
+    x = torch.randn(1, 12, MODEL.dim)
+    received, norms = MODEL.attention_profile(x, torch.tensor([5, 11]))
+    layers = lm.config.num_hidden_layers
+    assert received.shape == (layers, 12) and norms.shape == (layers + 1, 12)
+    assert torch.allclose(received.sum(1), torch.ones(layers), atol=1e-5), "softmax rows"
+    assert bool((received[:, 6:11] > 0).all()), "query 11 sees positions 6-10"
+    first, _ = MODEL.attention_profile(x, torch.tensor([5]))
+    assert bool((first[:, 6:] == 0).all()), "causal: query 5 sees nothing after it"
+    assert torch.allclose(norms[0], x[0].norm(dim=-1)), "the input's norms come first"
+    assert lm.config._attn_implementation == before, "the fast kernels are back"
