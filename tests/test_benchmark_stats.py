@@ -195,3 +195,28 @@ def test_attention_profile_rows_are_the_queries_attention() -> None:
     assert bool((first[:, 6:] == 0).all()), "causal: query 5 sees nothing after it"
     assert torch.allclose(norms[0], x[0].norm(dim=-1)), "the input's norms come first"
     assert lm.config._attn_implementation == before, "the fast kernels are back"
+
+
+def test_gist_fit_tables_report_each_split_and_the_memorisation_curve(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from benchmarks import gist_fit
+
+    monkeypatch.setattr(gist_fit, "RESULTS", tmp_path)
+    # recoveries 0.5, 1.0, 0.0 where the span helps; the last span does not help
+    spans = {"raw": [1.0, 1.0, 1.0, 1.0], "drop": [2.0, 2.0, 2.0, 1.0],
+             "gistnet": [1.5, 1.0, 2.0, 1.0]}
+    result = {"fit": {"training split|1": spans, "held-out stdlib|1": spans},
+              "memorize": [{"epoch": 0, "memorised": 0.5, "memorised_of_means": 0.4,
+                            "held_out": 0.45, "held_out_of_means": 0.41},
+                           {"epoch": 5, "memorised": 0.9, "memorised_of_means": 0.8}],
+              "seconds": 60.0}
+    args = argparse.Namespace(weights=None, n1=4, n2=0, memorize=2, epochs=5, eval_every=5,
+                              lr=1e-3, seed=0, name="fit")
+    gist_fit.write(result, args, Path("w.safetensors"), {"steps": 7}, "a machine")
+    text = (tmp_path / "fit.md").read_text()
+    assert "| training split | 1 | 4 (3) | 1.000 | 1.750 | 1.375 | **0.50** [" in text
+    assert "| held-out stdlib | 1 | 4 (3) |" in text
+    assert "| 0 | 0.50 / 0.40 | 0.45 / 0.41 |" in text and "| 5 | 0.90 / 0.80 | – |" in text
+    assert "--n1 4 --n2 0 --memorize 2" in text and "w.safetensors` — 7 steps" in text
