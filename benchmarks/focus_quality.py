@@ -228,7 +228,11 @@ def write(rows: list[dict], sizes: dict, args: argparse.Namespace, machine_text:
     from benchmarks.plotting import pyplot
 
     plt = pyplot()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(  # one task's row per line; first, so a
+        "[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")  # long run keeps them
     scorers = [s for s in SCORERS if any(r["scorer"] == s for r in rows)]
+
     def pick(scorer: str, budget: int) -> list[dict]:
         return [r for r in rows if r["scorer"] == scorer and r["budget"] == budget]
 
@@ -273,19 +277,17 @@ def write(rows: list[dict], sizes: dict, args: argparse.Namespace, machine_text:
             lines.append(f"| {s} | {b} | {np.mean([r['recall'] for r in rs]):.1%} | "
                          f"{np.mean([r['partial'] for r in rs]):.2f} | {nll_text} | "
                          f"{1000 * np.median([r['seconds'] for r in rs]):.0f} | {load:.1f} |")
-    best = {b: max((np.mean([r["recall"] for r in pick(s, b)]), s) for s in scorers
-                   if s != "lensnet") for b in BUDGETS}
-    if "lensnet" in scorers:
+    baselines = [s for s in scorers if s != "lensnet"]
+    best = {b: max((np.mean([r["recall"] for r in pick(s, b)]), s) for s in baselines)
+            for b in BUDGETS} if baselines else {}
+    if "lensnet" in scorers and baselines:
         ln = np.mean([r["recall"] for r in pick("lensnet", 2048)])
         gap = ln - best[2048][0]
         lines += ["", f"At budget 2048: lensnet {ln:.1%} against the best baseline "
                   f"({best[2048][1]}) {best[2048][0]:.1%}: {100 * gap:+.1f} points (target: "
                   f"+5). {'Met.' if gap >= 0.05 else 'Not met.'}"]
     lines.append("")
-    RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines))
-    (RESULTS / f"{args.name}.json").write_text(  # one task's row per line
-        "[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     for s in scorers:
         ax.plot(BUDGETS, [np.mean([r["recall"] for r in pick(s, b)]) for b in BUDGETS],

@@ -220,3 +220,27 @@ def test_gist_fit_tables_report_each_split_and_the_memorisation_curve(
     assert "| held-out stdlib | 1 | 4 (3) |" in text
     assert "| 0 | 0.50 / 0.40 | 0.45 / 0.41 |" in text and "| 5 | 0.90 / 0.80 | – |" in text
     assert "--n1 4 --n2 0 --memorize 2" in text and "w.safetensors` — 7 steps" in text
+
+
+@pytest.mark.parametrize("scorers", [["lensnet"], ["lensnet", "dense"]])
+def test_focus_quality_writes_a_run_of_any_scorers(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   scorers: list[str]) -> None:
+    import argparse
+
+    from benchmarks import focus_quality
+
+    monkeypatch.setattr(focus_quality, "RESULTS", tmp_path)
+    rows = [{"scorer": s, "package": "p", "task": t, "budget": b,
+             "recall": float(s == "lensnet" or t == 0), "partial": 1.0, "nll": None,
+             "seconds": 0.01, "load": 1.0}
+            for s in scorers for b in focus_quality.BUDGETS for t in range(2)]
+    args = argparse.Namespace(packages=["p"], needles=2, nll_tasks=0, scorers=scorers,
+                              gistnet=None, gistnet_upper=None, drop_gists_from=None,
+                              no_opening=False, name="run")
+    focus_quality.write(rows, {"p": (1, 10)}, args, "a machine", "GistNet x")
+    assert len(json.loads((tmp_path / "run.json").read_text())) == len(rows)
+    text = (tmp_path / "run.md").read_text()
+    assert "| lensnet | 2048 | 100.0% |" in text
+    compared = "lensnet 100.0% against the best baseline (dense) 50.0%: +50.0 points"
+    assert (compared in text) == ("dense" in scorers)
