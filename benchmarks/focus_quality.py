@@ -67,10 +67,8 @@ def main() -> None:
     from megacontext.adapter import ModelConfig, load_base_model
     from megacontext.ask import AskConfig, AskSession
     from megacontext.gistnet import default_gist_model, load_gistnet
-    from megacontext.indexer import IndexConfig, index_repository
     from megacontext.store import Store, db_path
     from megacontext.train.lensnet import gold_blocks
-    from megacontext.train.tasks import mine_needles
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--packages", nargs="+", default=["click", "rich"])
@@ -104,14 +102,8 @@ def main() -> None:
     sizes = {}
     try:
         for package in args.packages:
-            source = Path(__import__(package).__file__).parent
-            repo = work / package
-            shutil.copytree(source, repo, ignore=shutil.ignore_patterns("__pycache__"))
-            texts = {p.relative_to(repo).as_posix(): p.read_text() for p in repo.rglob("*.py")}
-            tasks, edited = mine_needles(texts, args.needles, args.seed)
-            for path, text in edited.items():
-                (repo / path).write_text(text)
-            index_repository(repo, model, gist_model, IndexConfig())
+            repo, tasks = needle_repository(package, work, model, gist_model, args.needles,
+                                            args.seed)
             for scorer in args.scorers:
                 with Store.open(db_path(repo), read_only=True) as store:
                     t = time.perf_counter()
@@ -221,6 +213,24 @@ def target_nll(session: object, entries: list, task: object, front: list[int]) -
     nll = model.target_nll(x, at, torch.from_numpy(target)[None],
                            torch.ones(1, H, dtype=torch.bool))
     return float(nll[0])
+
+
+def needle_repository(package: str, work: Path, model: object, gist_model: object,
+                      needles: int, seed: int) -> tuple[Path, list]:
+    """A copy of an installed package under `work` with `needles` functions' docstrings
+    removed (the needle tasks), indexed with `gist_model`: (its folder, the tasks)."""
+    from megacontext.indexer import IndexConfig, index_repository
+    from megacontext.train.tasks import mine_needles
+
+    source = Path(__import__(package).__file__).parent
+    repo = work / package
+    shutil.copytree(source, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    texts = {p.relative_to(repo).as_posix(): p.read_text() for p in repo.rglob("*.py")}
+    tasks, edited = mine_needles(texts, needles, seed)
+    for path, text in edited.items():
+        (repo / path).write_text(text)
+    index_repository(repo, model, gist_model, IndexConfig())
+    return repo, tasks
 
 
 def write(rows: list[dict], sizes: dict, args: argparse.Namespace, machine_text: str,

@@ -177,15 +177,13 @@ def probe(session: object, c: Context, vectors: torch.Tensor, task: object) -> d
 def main() -> None:
     import platformdirs
 
-    from benchmarks.focus_quality import composition, opening
+    from benchmarks.focus_quality import composition, needle_repository, opening
     from benchmarks.index_speed import machine
     from benchmarks.plotting import pyplot
     from megacontext.adapter import ModelConfig, load_base_model
     from megacontext.ask import AskConfig, AskSession
     from megacontext.gistnet import default_gist_model, load_gistnet
-    from megacontext.indexer import IndexConfig, index_repository
     from megacontext.store import Store, db_path
-    from megacontext.train.tasks import mine_needles
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--packages", nargs="+", default=["click", "rich"])
@@ -210,14 +208,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gist-harm-"))
     try:
         for package in args.packages:
-            source = Path(__import__(package).__file__).parent
-            repo = work / package
-            shutil.copytree(source, repo, ignore=shutil.ignore_patterns("__pycache__"))
-            texts = {p.relative_to(repo).as_posix(): p.read_text() for p in repo.rglob("*.py")}
-            tasks, edited = mine_needles(texts, args.needles, args.seed)
-            for path, text in edited.items():
-                (repo / path).write_text(text)
-            index_repository(repo, model, gist_model, IndexConfig())
+            repo, tasks = needle_repository(package, work, model, gist_model, args.needles,
+                                            args.seed)
             with Store.open(db_path(repo), read_only=True) as store:
                 session = AskSession(store, model, package, AskConfig(focus="dense"))
             setup = Setup(model.embeddings[int(dots[0])],
