@@ -1,7 +1,7 @@
 """Benchmark: which GistNet encoder learns faster?
 
     python benchmarks/gist_encoder.py [--arms plain,llama] [--minutes 90] [--batch 32]
-        [--eval-every 20] [--name gist_encoder]
+        [--eval-every 20] [--hidden-weight 1.0] [--name gist_encoder]
 
 Fresh GistNets ("arms") train side by side on the standard library's training split, under
 the same recipe, seed and batches: all start at the same fitted constant (the trainer's
@@ -18,7 +18,13 @@ comparison spends all of its budget where the target is hardest). The arms:
   the base model itself would read them (plus the children themselves, both at token
   norm). It asks whether an encoder that starts from the base model's own understanding of
   the span compresses better than one that learns it from the token embeddings; the price
-  would be K base layers per token at index time.
+  would be K base layers per token at index time;
+- `hidden`: the plain shape trained with a denser signal: besides KL + NLL of the
+  continuation, the relative squared error of the base model's residual stream after every
+  layer at the continuation's positions, gist against raw span (`--hidden-weight` times
+  it). It asks whether the optimisation through the frozen base model, not the encoder, is
+  what learns slowly: every layer's state says where the gist falls short, not only the
+  output distribution.
 
 Every `--eval-every` steps all are scored on the same held-out stdlib spans (the
 trainer's `evaluate`: recovery of the mean NLLs and the content control). It is a pilot on
@@ -116,25 +122,32 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=None,
                     help="corpus cache folder (default: mcagent's user cache)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--arms", default="plain,llama", help="comma-separated: plain, llama, readK")
+    ap.add_argument("--arms", default="plain,llama",
+                    help="comma-separated: plain, llama, readK, hidden")
+    ap.add_argument("--hidden-weight", type=float, default=1.0,
+                    help="weight of the hidden-state term in the `hidden` arm")
     ap.add_argument("--name", default="gist_encoder", help="results file stem")
+    ap.add_argument("--dtype", default="bfloat16",
+                    help="the base model's dtype (float32 on CPUs without native bfloat16)")
     args = ap.parse_args()
     pyplot()  # before the long run, not after it
     arms = args.arms.split(",")
     for arm in arms:
-        if arm not in ("plain", "llama") and not (arm.startswith("read") and arm[4:].isdigit()):
-            sys.exit(f"unknown arm {arm!r}: plain, llama or readK (e.g. read4)")
+        if arm not in ("plain", "llama", "hidden") and not (arm.startswith("read")
+                                                            and arm[4:].isdigit()):
+            sys.exit(f"unknown arm {arm!r}: plain, llama, hidden or readK (e.g. read4)")
     started = time.monotonic()
     cache = args.cache or Path(platformdirs.user_cache_dir("mcagent"))
     model = load_base_model(ModelConfig(cache_dir=Path(platformdirs.user_cache_dir("mcagent")),
-                                        dtype="bfloat16"))
+                                        dtype=args.dtype))
     lib = Path(sysconfig.get_paths()["stdlib"])
     corpus = cached_corpus(lib, stdlib_files(lib, "train"), model, cache)
     held = cached_corpus(lib, stdlib_files(lib, "holdout"), model, cache)
     base = dict(lib=lib, out=cache, steps=args.steps, batch=args.batch, accumulate=1,
                 level2_every=0, lr=args.lr, warmup=10, seed=args.seed,
                 constant_steps=args.constant_steps)
-    configs = {arm: TrainConfig(**base, net={"block": "llama"} if arm == "llama" else {})
+    configs = {arm: TrainConfig(**base, net={"block": "llama"} if arm == "llama" else {},
+                                hidden_weight=args.hidden_weight if arm == "hidden" else 0.0)
                for arm in arms}
     plain = TrainConfig(**base)
     pools = {1: candidates(corpus, 1, plain.prefix, plain.horizon)}
@@ -194,10 +207,13 @@ def write(curves: dict[str, list[dict[str, float]]], params: dict[str, int],
         f"Machine: {machine_text}. Produced by `python benchmarks/gist_encoder.py --arms "
         f"{args.arms} --minutes {args.minutes:g} --batch {args.batch} --lr {args.lr:g} "
         f"--steps {args.steps} --eval-every {args.eval_every} --eval-examples "
-        f"{args.eval_examples} --name {args.name}` ({elapsed / 60:.0f} min).",
+        f"{args.eval_examples}"
+        + (f" --hidden-weight {args.hidden_weight:g}" if "hidden" in arms else "")
+        + f" --dtype {args.dtype}"
+        + f" --name {args.name}` ({elapsed / 60:.0f} min).",
         "",
         "All start at the same fitted constant and see the same level-1 batches (standard "
-        "library training split, 64-token prefix, 48 tokens scored, base model in bfloat16). "
+        f"library training split, 64-token prefix, 48 tokens scored, base model in {args.dtype}). "
         f"Scored on the same {args.eval_examples} held-out stdlib spans: *recovery* of the "
         "mean NLLs, and *content* = recovery − the recovery with another span's gist (0: the "
         "gists ignore their spans). The arms are described in the script's docstring.",

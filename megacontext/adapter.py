@@ -100,13 +100,18 @@ class BaseModel:
             self._lm = lm.to(self.device).eval().requires_grad_(False)
         return self._lm
 
-    def _run(self, embeds: torch.Tensor, positions: torch.Tensor, cache: object) -> torch.Tensor:
+    def _run(self, embeds: torch.Tensor, positions: torch.Tensor, cache: object,
+             states: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits of a forward pass that extends `cache` in place (Cache objects are updated
-        where they are: the same object comes back under either argument name)."""
+        where they are: the same object comes back under either argument name); with
+        `states`, also the (layers, B, T, D) residual stream after each decoder layer."""
         lm = self.causal_lm()
         out = lm(inputs_embeds=embeds.to(self.device, self.dtype), position_ids=positions,
-                 use_cache=True, **{_cache_argument(type(lm)): cache})
-        return out.logits
+                 use_cache=True, output_hidden_states=states,
+                 **{_cache_argument(type(lm)): cache})
+        if not states:
+            return out.logits
+        return out.logits, torch.stack(out.hidden_states[1:])
 
     def _source(self) -> str:
         return str(self._folder) if self._folder is not None else str(self._name)
@@ -177,6 +182,20 @@ class BaseModel:
         start = cache.get_seq_length()
         positions = torch.arange(start, start + T, device=self.device)[None].expand(B, T)
         return self._run(embeds, positions, cache), cache
+
+    def batch_forward_states(self, embeds: torch.Tensor, cache: object | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor, object]:
+        """`batch_forward` that also returns the (layers, B, T, D) residual stream after
+        each decoder layer (the last one after the final norm), for distilling a pass's
+        internal states as well as its output."""
+        from transformers import DynamicCache
+
+        B, T, _ = embeds.shape
+        cache = cache if cache is not None else DynamicCache()
+        start = cache.get_seq_length()
+        positions = torch.arange(start, start + T, device=self.device)[None].expand(B, T)
+        logits, states = self._run(embeds, positions, cache, states=True)
+        return logits, states, cache
 
     def logits_at(self, embeds: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """(B, H, V) logits at positions `at` (B, H) of the (B, T, D) right-padded `embeds`.

@@ -143,7 +143,8 @@ def train(args: argparse.Namespace) -> None:
                          context_foreign=args.context_foreign,
                          context_pool=args.context_pool,
                          context_pool_every=args.context_pool_every,
-                         lr=args.lr, warmup=args.warmup, eval_every=args.eval_every,
+                         lr=args.lr, hidden_weight=args.hidden_weight,
+                         warmup=args.warmup, eval_every=args.eval_every,
                          eval_examples=args.eval_examples,
                          checkpoint_every=args.checkpoint_every, seed=args.seed,
                          context_upper=args.context_upper,
@@ -166,8 +167,9 @@ def train(args: argparse.Namespace) -> None:
                               for k, v in m.items()}), flush=True)
         elif step % 10 == 0:
             rate = (time.monotonic() - started) / max(1, step - first)
-            print(f"step {step}/{total} L{m['level']} loss {m['loss']:.4f} kl {m['kl']:.4f} "
-                  f"lr {m['lr']:.2e} gn {m['grad_norm']:.2f} {rate:.2f}s/step", flush=True)
+            hidden = f" hidden {m['hidden']:.4f}" if "hidden" in m else ""
+            print(f"step {step}/{total} L{m['level']} loss {m['loss']:.4f} kl {m['kl']:.4f}"
+                  f"{hidden} lr {m['lr']:.2e} gn {m['grad_norm']:.2f} {rate:.2f}s/step", flush=True)
 
     first = (torch.load(checkpoint, map_location="cpu", weights_only=False)["step"]
              if checkpoint.is_file() else 0)  # else a fresh start at the fitted constant
@@ -207,6 +209,9 @@ def main() -> None:
         t.add_argument("--" + name.replace("_", "-"), type=int,
                        default=getattr(defaults, name))
     t.add_argument("--lr", type=float, default=defaults.lr)
+    t.add_argument("--hidden-weight", type=float, default=defaults.hidden_weight,
+                   help="weight of the hidden-state term on single-span steps: the base "
+                        "model's residual stream at the continuation, gist against raw span")
     t.add_argument("--context-upper", action="store_true",
                    help="the pool holds whole files: foreign files' roots and folders "
                         "(levels 3-5), as a working context holds them")

@@ -89,6 +89,7 @@ class TrainConfig:
     lr: float = 1e-4
     warmup: int = 5
     weight_decay: float = 0.0
+    hidden_weight: float = 0.0  # weight of the hidden-state term on single-span steps (0: off)
     constant_steps: int = 100  # fit the best single vector first (0: random start)
     constant_lr: float = 1e-2
     seed: int = 0
@@ -193,7 +194,7 @@ def train_step(state: TrainState, config: TrainConfig, model: BaseModel, corpus:
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     state.optimizer.zero_grad(set_to_none=True)
-    sums = np.zeros(4)
+    sums = np.zeros(5)
     for m, rows in enumerate(micro_batches):
         if level == CONTEXT:
             rng = np.random.default_rng([config.seed, state.step, m, 1])
@@ -203,17 +204,22 @@ def train_step(state: TrainState, config: TrainConfig, model: BaseModel, corpus:
             losses = context_losses(model, cb, gist_pieces(net, model, cb, model.device))
         else:
             batch = make_batch(corpus, rows, level, config.prefix, config.horizon)
-            losses = substitution(model, batch, gist_batch(net, model, batch, model.device))
-        loss = loss_of(losses)
+            losses = substitution(model, batch, gist_batch(net, model, batch, model.device),
+                                  states=config.hidden_weight > 0)
+        loss = loss_of(losses, config.hidden_weight)
         (loss / len(micro_batches)).backward()
         sums += [loss.item(), losses.kl.mean().item(), losses.nll_gist.mean().item(),
-                 float(losses.nll_raw.mean())]
+                 float(losses.nll_raw.mean()),
+                 float(losses.hidden.detach().mean()) if losses.hidden is not None else np.nan]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0))
     state.optimizer.step()
     state.step += 1
-    loss, kl, nll_gist, nll_raw = sums / len(micro_batches)
-    return {"step": state.step, "level": level, "loss": loss, "lr": lr, "kl": kl,
-            "nll_gist": nll_gist, "nll_raw": nll_raw, "grad_norm": grad_norm}
+    loss, kl, nll_gist, nll_raw, hidden = sums / len(micro_batches)
+    metrics = {"step": state.step, "level": level, "loss": loss, "lr": lr, "kl": kl,
+               "nll_gist": nll_gist, "nll_raw": nll_raw, "grad_norm": grad_norm}
+    if not np.isnan(hidden):
+        metrics["hidden"] = hidden
+    return metrics
 
 
 def _pool(state: TrainState, config: TrainConfig, model: BaseModel, corpus: Corpus

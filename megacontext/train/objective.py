@@ -40,6 +40,7 @@ class Losses:
     nll_gist: torch.Tensor  # (B,)
     nll_raw: torch.Tensor  # (B,)
     nll_drop: torch.Tensor | None  # (B,), when asked for
+    hidden: torch.Tensor | None = None  # (B,) relative error of the residual stream, if asked
 
     def recovery(self) -> torch.Tensor:
         assert self.nll_drop is not None
@@ -103,10 +104,11 @@ def gist_batch(gist: GistFn, model: BaseModel, batch: Batch, device: torch.devic
     return gist(x, mask, torch.full((len(groups),), 2, dtype=torch.long, device=device))
 
 
-def substitution(model: BaseModel, batch: Batch, gists: torch.Tensor, with_drop: bool = False
-                 ) -> Losses:
-    """Per-example KL and NLLs over the continuation; gradients reach `gists` when on."""
-    return substitutions(model, batch, [gists], with_drop)[0]
+def substitution(model: BaseModel, batch: Batch, gists: torch.Tensor, with_drop: bool = False,
+                 states: bool = False) -> Losses:
+    """Per-example KL and NLLs over the continuation (and with `states` the hidden-state
+    term, `Losses.hidden`); gradients reach `gists` when on."""
+    return substitutions(model, batch, [gists], with_drop, states)[0]
 
 
 @dataclass
@@ -119,10 +121,13 @@ class Reference:
     teacher: torch.Tensor  # (B, H, V) log-probabilities
     nll_raw: torch.Tensor
     nll_drop: torch.Tensor | None
+    states: torch.Tensor | None = None  # (layers, B, H, D) teacher residual stream, if asked
 
 
-def reference(model: BaseModel, batch: Batch, with_drop: bool = False) -> Reference:
-    """Run the prefix, the raw span (teacher) and optionally the deleted span, no gradients."""
+def reference(model: BaseModel, batch: Batch, with_drop: bool = False, states: bool = False
+              ) -> Reference:
+    """Run the prefix, the raw span (teacher) and optionally the deleted span, no gradients.
+    With `states`, keep the teacher's residual stream where it predicts the continuation."""
     device = model.device
     embed = model.causal_lm().get_input_embeddings()
     B, H = batch.cont.shape
@@ -136,8 +141,16 @@ def reference(model: BaseModel, batch: Batch, with_drop: bool = False) -> Refere
         for i, s in enumerate(batch.spans):
             row = torch.cat([torch.from_numpy(s.astype(np.int64)).to(device), cont[i, :-1]])
             ids[i, : len(row)] = row
-        logits, cache = model.batch_forward(embed(ids), cache)
+        if states:
+            logits, hidden, cache = model.batch_forward_states(embed(ids), cache)
+        else:
+            logits, cache = model.batch_forward(embed(ids), cache)
         at = torch.tensor(lengths, device=device)[:, None] - 1 + torch.arange(H, device=device)
+        teacher_states = None
+        if states:  # (layers, B, T, D) -> (layers, B, H, D)
+            teacher_states = hidden.gather(2, at[None, ..., None].expand(
+                hidden.shape[0], B, H, hidden.shape[-1])).float()
+            del hidden
         teacher = logits.gather(1, at[..., None].expand(B, H, logits.shape[-1])).float()
         teacher = teacher.log_softmax(-1)
         del logits
@@ -148,26 +161,41 @@ def reference(model: BaseModel, batch: Batch, with_drop: bool = False) -> Refere
             drop = torch.cat([pre_logits[:, -1:], logits], 1).float().log_softmax(-1)
             nll_drop = _nll(drop, cont)
             model.truncate_cache(cache, P)
-    return Reference(cache, P, teacher, _nll(teacher, cont), nll_drop)
+    return Reference(cache, P, teacher, _nll(teacher, cont), nll_drop, teacher_states)
 
 
 def student(model: BaseModel, batch: Batch, ref: Reference, gists: torch.Tensor) -> Losses:
-    """KL and NLLs with `gists` in place of the spans; gradients reach `gists` when on."""
+    """KL and NLLs with `gists` in place of the spans (and the hidden-state term when `ref`
+    kept the teacher's states); gradients reach `gists` when on."""
     embed = model.causal_lm().get_input_embeddings()
     cont = batch.cont.to(model.device)
     student_in = torch.cat([gists.to(model.dtype)[:, None], embed(cont[:, :-1])], 1)
-    logits, cache = model.batch_forward(student_in, ref.cache)
+    hidden = None
+    if ref.states is not None:
+        logits, states, cache = model.batch_forward_states(student_in, ref.cache)
+        hidden = state_error(states.float(), ref.states)
+    else:
+        logits, cache = model.batch_forward(student_in, ref.cache)
     model.truncate_cache(cache, ref.prefix_length)
     logp = logits.float().log_softmax(-1)
     kl = (ref.teacher.exp() * (ref.teacher - logp)).sum(-1).mean(-1)
-    return Losses(kl=kl, nll_gist=_nll(logp, cont), nll_raw=ref.nll_raw, nll_drop=ref.nll_drop)
+    return Losses(kl=kl, nll_gist=_nll(logp, cont), nll_raw=ref.nll_raw, nll_drop=ref.nll_drop,
+                  hidden=hidden)
+
+
+def state_error(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """(B,) relative squared error ‖s − t‖² / ‖t‖² of (layers, B, H, D) residual streams,
+    averaged over layers and positions: each position of each layer counts alike, whatever
+    its norm (the stream's norm grows with depth)."""
+    err = (student - teacher).pow(2).sum(-1) / teacher.pow(2).sum(-1).clamp_min(1e-6)
+    return err.mean((0, 2))
 
 
 def substitutions(model: BaseModel, batch: Batch, candidates: list[torch.Tensor],
-                  with_drop: bool = False) -> list[Losses]:
+                  with_drop: bool = False, states: bool = False) -> list[Losses]:
     """`substitution` for several candidate gists of the same spans (e.g. GistNet and a
     baseline), sharing the prefix, teacher and deleted-span passes."""
-    ref = reference(model, batch, with_drop)
+    ref = reference(model, batch, with_drop, states)
     return [student(model, batch, ref, gists) for gists in candidates]
 
 
@@ -175,9 +203,13 @@ def _nll(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -logp.gather(-1, targets[..., None]).squeeze(-1).mean(-1)
 
 
-def loss_of(losses: Losses) -> torch.Tensor:
-    """The training loss: KL + NLL_gist, averaged over the batch."""
-    return (losses.kl + losses.nll_gist).mean()
+def loss_of(losses: Losses, hidden_weight: float = 0.0) -> torch.Tensor:
+    """The training loss: KL + NLL_gist (+ `hidden_weight` × the hidden-state term, when
+    the losses carry it), averaged over the batch."""
+    loss = losses.kl + losses.nll_gist
+    if hidden_weight and losses.hidden is not None:
+        loss = loss + hidden_weight * losses.hidden
+    return loss.mean()
 
 
 

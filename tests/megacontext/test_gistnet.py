@@ -33,6 +33,7 @@ from megacontext.train.gistnet import (
     train_step,
 )
 from megacontext.train.objective import (
+    Batch,
     candidates,
     gist_batch,
     loss_of,
@@ -243,6 +244,44 @@ def test_training_step_reduces_the_loss_on_a_tiny_model(tmp_path: Path, shape: d
     for _ in range(60):
         train_step(state, config, MODEL, corpus, 1, [rows])
     assert loss() < before - 0.05, (before, loss())
+
+
+def test_the_hidden_state_term_is_zero_only_where_the_gist_reproduces_the_span() -> None:
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 200, size=(3, 1 + 1 + 8))  # prefix 1, span 1, continuation 8
+    b = Batch(level=1, prefix=torch.from_numpy(ids[:, :1]), spans=list(ids[:, 1:2]),
+              children=[[s] for s in ids[:, 1:2]], cont=torch.from_numpy(ids[:, 2:]))
+    itself = MODEL.embed(torch.from_numpy(ids[:, 1]))  # a one-token span's own embedding
+    plain = substitution(MODEL, b, itself)
+    out = substitution(MODEL, b, itself, states=True)
+    assert plain.hidden is None and out.hidden is not None
+    torch.testing.assert_close(out.kl, plain.kl)  # asking for states changes nothing else
+    torch.testing.assert_close(out.nll_gist, plain.nll_gist)
+    assert float(out.hidden.abs().max()) < 1e-6 and float(out.kl.abs().max()) < 1e-5
+    other = substitution(MODEL, b, itself.roll(1, 0), states=True)  # another span's token
+    assert other.hidden is not None and bool((other.hidden > 1e-3).all())
+    torch.testing.assert_close(loss_of(other), (other.kl + other.nll_gist).mean())
+    torch.testing.assert_close(loss_of(other, 2.0),
+                               (other.kl + other.nll_gist + 2 * other.hidden).mean())
+
+
+def test_training_with_the_hidden_state_term_reduces_it(tmp_path: Path) -> None:
+    corpus = build_corpus(_repo(tmp_path), sorted(p.name for p in tmp_path.glob("*.py")), MODEL)
+    config = _config(tmp_path, hidden_weight=5.0)
+    state = new_state(config, MODEL)
+    rows = candidates(corpus, 1, config.prefix, config.horizon)[:4]
+
+    def hidden() -> float:
+        b = make_batch(corpus, rows, 1, config.prefix, config.horizon)
+        with torch.no_grad():
+            g = gist_batch(state.net.eval(), MODEL, b, MODEL.device)
+            return float(substitution(MODEL, b, g, states=True).hidden.mean())
+
+    before = hidden()
+    for _ in range(40):
+        m = train_step(state, config, MODEL, corpus, 1, [rows])
+    assert hidden() < before * 0.8, (before, hidden())
+    assert np.isfinite(m["loss"]) and m["hidden"] > 0
 
 
 def test_a_fresh_run_starts_at_the_best_constant_and_then_learns_content(tmp_path: Path
