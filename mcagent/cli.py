@@ -502,7 +502,9 @@ def train_gistnet_command(
     model: ModelOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     dtype: Annotated[str, typer.Option(
-        help="The frozen base model's dtype (bfloat16 is fastest on modern CPUs).")] = "bfloat16",
+        help="The frozen base model's dtype. auto: bfloat16 on a GPU, float32 on a CPU "
+             "(bfloat16 is faster only on CPUs with native support, e.g. AMX; several "
+             "times slower without).")] = "auto",
 ) -> None:
     """Train GistNet on the standard library with the base model frozen (resumable)."""
     from megacontext.train.gistnet import TrainConfig, train_gistnet
@@ -538,7 +540,9 @@ def train_lensnet_command(
     model: ModelOpt = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     dtype: Annotated[str, typer.Option(
-        help="The frozen base model's dtype (bfloat16 is fastest on modern CPUs).")] = "bfloat16",
+        help="The frozen base model's dtype. auto: bfloat16 on a GPU, float32 on a CPU "
+             "(bfloat16 is faster only on CPUs with native support, e.g. AMX; several "
+             "times slower without).")] = "auto",
 ) -> None:
     """Train LensNet on counterfactual labels from the standard library (resumable: labels
     already made are kept)."""
