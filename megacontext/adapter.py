@@ -175,12 +175,7 @@ class BaseModel:
         """(B, T, D) embeddings continuing `cache` (same length for every row) -> (B, T, V)
         logits and the extended cache. Gradients flow to `embeds` wherever autograd is on
         (the weights stay frozen): how GistNet learns through the base model."""
-        from transformers import DynamicCache
-
-        B, T, _ = embeds.shape
-        cache = cache if cache is not None else DynamicCache()
-        start = cache.get_seq_length()
-        positions = torch.arange(start, start + T, device=self.device)[None].expand(B, T)
+        cache, positions = self._continuing(embeds, cache)
         return self._run(embeds, positions, cache), cache
 
     def batch_forward_states(self, embeds: torch.Tensor, cache: object | None = None
@@ -188,14 +183,19 @@ class BaseModel:
         """`batch_forward` that also returns the (layers, B, T, D) residual stream after
         each decoder layer (the last one after the final norm), for distilling a pass's
         internal states as well as its output."""
+        cache, positions = self._continuing(embeds, cache)
+        logits, states = self._run(embeds, positions, cache, states=True)
+        return logits, states, cache
+
+    def _continuing(self, embeds: torch.Tensor, cache: object | None
+                    ) -> tuple[object, torch.Tensor]:
+        """The cache a batch pass extends (a new one if none) and its (B, T) positions."""
         from transformers import DynamicCache
 
         B, T, _ = embeds.shape
         cache = cache if cache is not None else DynamicCache()
         start = cache.get_seq_length()
-        positions = torch.arange(start, start + T, device=self.device)[None].expand(B, T)
-        logits, states = self._run(embeds, positions, cache, states=True)
-        return logits, states, cache
+        return cache, torch.arange(start, start + T, device=self.device)[None].expand(B, T)
 
     def logits_at(self, embeds: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """(B, H, V) logits at positions `at` (B, H) of the (B, T, D) right-padded `embeds`.
