@@ -1,7 +1,7 @@
 """Benchmark: which GistNet encoder learns faster?
 
     python benchmarks/gist_encoder.py [--arms plain,llama] [--minutes 90] [--batch 32]
-        [--eval-every 20] [--hidden-weight 1.0] [--name gist_encoder]
+        [--eval-every 20] [--hidden-weight 1.0] [--recon-weight 1.0] [--name gist_encoder]
 
 Fresh GistNets ("arms") train side by side on the standard library's training split, under
 the same recipe, seed and batches: all start at the same fitted constant (the trainer's
@@ -24,7 +24,12 @@ comparison spends all of its budget where the target is hardest). The arms:
   layer at the continuation's positions, gist against raw span (`--hidden-weight` times
   it). It asks whether the optimisation through the frozen base model, not the encoder, is
   what learns slowly: every layer's state says where the gist falls short, not only the
-  output distribution.
+  output distribution;
+- `recon`: the plain shape trained to also let the base model reconstruct the span from
+  its gist: besides KL + NLL of the continuation, the NLL of the span's own tokens read
+  after the gist (`[prefix][gist][span]`, teacher-forced; `--recon-weight` times it), the
+  autoencoding signal ICAE pretrains its memory slots with. It asks whether the gist learns
+  its span's content faster when asked for it directly, not only through what follows.
 
 Every `--eval-every` steps all are scored on the same held-out stdlib spans (the
 trainer's `evaluate`: recovery of the mean NLLs and the content control). It is a pilot on
@@ -123,9 +128,11 @@ def main() -> None:
                     help="corpus cache folder (default: mcagent's user cache)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arms", default="plain,llama",
-                    help="comma-separated: plain, llama, readK, hidden")
+                    help="comma-separated: plain, llama, readK, hidden, recon")
     ap.add_argument("--hidden-weight", type=float, default=1.0,
                     help="weight of the hidden-state term in the `hidden` arm")
+    ap.add_argument("--recon-weight", type=float, default=1.0,
+                    help="weight of the reconstruction term in the `recon` arm")
     ap.add_argument("--name", default="gist_encoder", help="results file stem")
     ap.add_argument("--dtype", default="bfloat16",
                     help="the base model's dtype (float32 on CPUs without native bfloat16)")
@@ -133,9 +140,9 @@ def main() -> None:
     pyplot()  # before the long run, not after it
     arms = args.arms.split(",")
     for arm in arms:
-        if arm not in ("plain", "llama", "hidden") and not (arm.startswith("read")
-                                                            and arm[4:].isdigit()):
-            sys.exit(f"unknown arm {arm!r}: plain, llama, hidden or readK (e.g. read4)")
+        if arm not in ("plain", "llama", "hidden", "recon") and not (
+                arm.startswith("read") and arm[4:].isdigit()):
+            sys.exit(f"unknown arm {arm!r}: plain, llama, hidden, recon or readK (e.g. read4)")
     started = time.monotonic()
     cache = args.cache or Path(platformdirs.user_cache_dir("mcagent"))
     model = load_base_model(ModelConfig(cache_dir=Path(platformdirs.user_cache_dir("mcagent")),
@@ -147,7 +154,8 @@ def main() -> None:
                 level2_every=0, lr=args.lr, warmup=10, seed=args.seed,
                 constant_steps=args.constant_steps)
     configs = {arm: TrainConfig(**base, net={"block": "llama"} if arm == "llama" else {},
-                                hidden_weight=args.hidden_weight if arm == "hidden" else 0.0)
+                                hidden_weight=args.hidden_weight if arm == "hidden" else 0.0,
+                                recon_weight=args.recon_weight if arm == "recon" else 0.0)
                for arm in arms}
     plain = TrainConfig(**base)
     pools = {1: candidates(corpus, 1, plain.prefix, plain.horizon)}
@@ -188,7 +196,8 @@ def main() -> None:
             seconds[name] += time.monotonic() - t
         step += 1
         if step % 5 == 0:
-            print(f"step {step} {m['loss']:.4f}", flush=True)
+            extra = "".join(f" {k} {m[k]:.4f}" for k in ("hidden", "recon") if k in m)
+            print(f"step {step} {m['loss']:.4f}{extra}", flush=True)
         if step % args.eval_every == 0:
             score(step)
     if not curves[first] or curves[first][-1]["step"] != step:
@@ -209,6 +218,7 @@ def write(curves: dict[str, list[dict[str, float]]], params: dict[str, int],
         f"--steps {args.steps} --eval-every {args.eval_every} --eval-examples "
         f"{args.eval_examples}"
         + (f" --hidden-weight {args.hidden_weight:g}" if "hidden" in arms else "")
+        + (f" --recon-weight {args.recon_weight:g}" if "recon" in arms else "")
         + f" --dtype {args.dtype}"
         + f" --name {args.name}` ({elapsed / 60:.0f} min).",
         "",

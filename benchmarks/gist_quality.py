@@ -20,9 +20,12 @@ Reports the distribution of ΔNLL@64 = NLL − NLL_raw per method, and the recov
 (NLL_drop > NLL_raw + 0.02, so the ratio is defined) and the recovery of the mean NLLs over
 all examples. Each median comes with a 95% bootstrap interval (examples resampled), and a
 target's verdict says when the target lies inside it: the sample cannot then tell met from
-not met. A table splits the median by how much the spans are worth, and every example's
-NLLs go to a JSON file beside the results. Writes benchmarks/results/gist_quality.md, .png
-and .json (`--name` changes the name, to measure candidate weights beside the shipped ones).
+not met. Tables split the median by how much the spans are worth and by what they are
+(code, or literal data: rows of strings and numbers such as generated tables, which
+examples drawn uniformly over a package's blocks meet as often as the package holds them),
+and every example's NLLs go to a JSON file beside the results. Writes
+benchmarks/results/gist_quality.md, .png and .json (`--name` changes the name, to measure
+candidate weights beside the shipped ones).
 
 In a context of many gists (`--n-ctx` windows per dataset; `--n1 0 --n2 0` for this part
 alone): a gist is used among others, as in a working context. Each example is a 64-token
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import sysconfig
 import time
@@ -53,6 +57,8 @@ HELPS = 0.02  # nats: a span "helps" when deleting it costs more than this
 CTX_BLOCKS, CTX_PREFIX, CTX_HORIZON = 20, 64, 48  # a context example, as in training
 CTX_FOREIGN, CTX_POOL = 96, 16  # mean gists of other code per example; runs in their pool
 BENEFIT_BINS = ((HELPS, 0.1), (0.1, 0.3), (0.3, np.inf))  # for recovery by span value
+_STRING = re.compile(r'''[rbfuRBFU]{0,2}("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')''')
+_NUMBER = re.compile(r"\b(?:0[xXoObB][0-9a-fA-F_]+|\d[\d_]*(?:\.\d*)?(?:[eE][+-]?\d+)?[jJ]?)\b")
 
 
 def main() -> None:
@@ -106,7 +112,7 @@ def main() -> None:
             picked = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
             out = rows.setdefault((name, level), {k: [] for k in
                                                   ("raw", "drop", "meanpool", "gistnet",
-                                                   "shuffled", "tokens")})
+                                                   "shuffled", "tokens", "literal")})
             vectors = []
             for lo in range(0, len(picked), batch):
                 b = make_batch(corpus, picked[lo : lo + batch], level, PREFIX, HORIZON)
@@ -123,6 +129,8 @@ def main() -> None:
                 out["gistnet"] += res_net.nll_gist.tolist()
                 out["meanpool"] += res_mean.nll_gist.tolist()
                 out["tokens"] += [len(s) for s in b.spans]
+                out["literal"] += [is_literal_data(model.tokenizer.decode(s.tolist()))
+                                   for s in b.spans]
             unit = torch.nn.functional.normalize(torch.cat(vectors).float(), dim=-1)
             cos = unit @ unit.T
             out["cosine"] = [float(cos[~torch.eye(len(cos), dtype=torch.bool)].mean())]
@@ -173,6 +181,20 @@ def in_context(net: object, meanpool: object, model: object, corpus: object, n: 
     return out
 
 
+def is_literal_data(text: str) -> bool:
+    """Whether a span is literal data, not code: nothing but string and number literals and
+    punctuation (the rows of a table of colours, widths or emoji names), no name, keyword
+    or comment. A string cut by the span's edge leaves letters behind and counts as code."""
+    rest = _NUMBER.sub(" ", _STRING.sub(" ", text))
+    return bool(text.strip()) and re.search(r"[A-Za-z_#]", rest) is None
+
+
+def where(r: dict[str, list[float]], keep: np.ndarray) -> dict[str, list[float]]:
+    """The examples of `r` that `keep` marks (per-example fields only)."""
+    n = len(r["raw"])
+    return {k: np.asarray(v)[keep].tolist() for k, v in r.items() if len(v) == n}
+
+
 def per_example(r: dict[str, list[float]], method: str) -> np.ndarray:
     """Recovery of each example whose span helps (where the ratio is defined)."""
     raw, drop, got = (np.asarray(r[k]) for k in ("raw", "drop", method))
@@ -204,8 +226,7 @@ def median_interval(values: np.ndarray, level: float = 0.95, resamples: int = 40
 def in_benefit(r: dict[str, list[float]], lo: float, hi: float) -> dict[str, list[float]]:
     """The examples of `r` whose span is worth [lo, hi) nats/token (NLL_drop − NLL_raw)."""
     benefit = np.asarray(r["drop"]) - np.asarray(r["raw"])
-    keep = (benefit >= lo) & (benefit < hi)
-    return {k: np.asarray(v)[keep].tolist() for k, v in r.items() if len(v) == len(benefit)}
+    return where(r, (benefit >= lo) & (benefit < hi))
 
 
 def verdict(median: float, interval: tuple[float, float], target: float) -> str:
@@ -281,6 +302,24 @@ def write(rows: dict, context: dict, weights: Path, manifest: dict, machine_text
             cells.append(f"{np.median(per):.2f} [{low:.2f}, {high:.2f}] ({len(per)})" if len(per)
                          else "— (0)")
         lines.append(f"| {name} | {level} | " + " | ".join(cells) + " |")
+    lines += ["", "## Recovery by what the span is", "",
+              "*Literal data*: spans of string and number literals and punctuation alone (rows "
+              "of generated tables), not code. Median GistNet recovery [95% interval] / of "
+              "means; n (span helps) in brackets.", "",
+              "| data | level | literal data: share of examples | code | literal data |",
+              "|---|---|---|---|---|"]
+    for (name, level), r in rows.items():
+        literal = np.asarray(r["literal"], dtype=bool)
+        cells = []
+        for part in (where(r, ~literal), where(r, literal)):
+            per = per_example(part, "gistnet")
+            if not len(per):
+                cells.append("— (0)")
+                continue
+            low, high = median_interval(per)
+            cells.append(f"{np.median(per):.2f} [{low:.2f}, {high:.2f}] / "
+                         f"{recovery(part, 'gistnet')[1]:.2f} ({len(per)})")
+        lines.append(f"| {name} | {level} | {literal.mean():.0%} | " + " | ".join(cells) + " |")
     targets = {1: 0.6, 2: 0.35}
     lines += ["", "## Targets", ""]
     for (name, level), r in rows.items():

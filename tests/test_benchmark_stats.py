@@ -15,10 +15,12 @@ from benchmarks.gist_quality import (
     context_section,
     in_benefit,
     in_context,
+    is_literal_data,
     median_interval,
     per_example,
     recovery,
     verdict,
+    where,
 )
 from benchmarks.plotting import pyplot
 
@@ -30,6 +32,19 @@ def test_per_example_recovery_keeps_only_spans_that_help() -> None:
     assert helped == 2 and np.isclose(median, 0.625)
     assert np.isclose(of_means, (np.mean(r["drop"]) - np.mean(r["gist"]))
                       / (np.mean(r["drop"]) - np.mean(r["raw"])))
+
+
+def test_literal_data_is_told_from_code() -> None:
+    table = [' "flag_for_bahrain": "\U0001f1e7\U0001f1ed",\n   ', " (175, 175, 135),\n    (42128,",
+             " 0x1F, 1e-5, 3j, b'\\x00', \"a\\\"b\",\n"]
+    code = [" from .exceptions import Abort as Abort\n", " self.fd = -1\n", " None, 1,",
+            " # 1, 2\n", ' "a string cut by the span', "   \n  "]
+    assert all(is_literal_data(t) for t in table)
+    assert not any(is_literal_data(t) for t in code)
+    r = {"raw": [1.0, 2.0, 3.0], "drop": [2.0, 3.0, 4.0], "literal": [True, False, True],
+         "cosine": [0.5]}
+    assert where(r, np.asarray(r["literal"])) == {"raw": [1.0, 3.0], "drop": [2.0, 4.0],
+                                                  "literal": [True, True]}
 
 
 def test_median_interval_holds_the_median_and_narrows_with_more_examples() -> None:

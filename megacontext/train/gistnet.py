@@ -90,6 +90,7 @@ class TrainConfig:
     warmup: int = 5
     weight_decay: float = 0.0
     hidden_weight: float = 0.0  # weight of the hidden-state term on single-span steps (0: off)
+    recon_weight: float = 0.0  # weight of the reconstruction term on level-1 steps (0: off)
     constant_steps: int = 100  # fit the best single vector first (0: random start)
     constant_lr: float = 1e-2
     seed: int = 0
@@ -194,7 +195,7 @@ def train_step(state: TrainState, config: TrainConfig, model: BaseModel, corpus:
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     state.optimizer.zero_grad(set_to_none=True)
-    sums = np.zeros(5)
+    sums = np.zeros(6)
     for m, rows in enumerate(micro_batches):
         if level == CONTEXT:
             rng = np.random.default_rng([config.seed, state.step, m, 1])
@@ -205,20 +206,23 @@ def train_step(state: TrainState, config: TrainConfig, model: BaseModel, corpus:
         else:
             batch = make_batch(corpus, rows, level, config.prefix, config.horizon)
             losses = substitution(model, batch, gist_batch(net, model, batch, model.device),
-                                  states=config.hidden_weight > 0)
-        loss = loss_of(losses, config.hidden_weight)
+                                  states=config.hidden_weight > 0,
+                                  recon=config.recon_weight > 0 and level == 1)
+        loss = loss_of(losses, config.hidden_weight, config.recon_weight)
         (loss / len(micro_batches)).backward()
         sums += [loss.item(), losses.kl.mean().item(), losses.nll_gist.mean().item(),
                  float(losses.nll_raw.mean()),
-                 float(losses.hidden.detach().mean()) if losses.hidden is not None else np.nan]
+                 float(losses.hidden.detach().mean()) if losses.hidden is not None else np.nan,
+                 float(losses.recon.detach().mean()) if losses.recon is not None else np.nan]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0))
     state.optimizer.step()
     state.step += 1
-    loss, kl, nll_gist, nll_raw, hidden = sums / len(micro_batches)
+    loss, kl, nll_gist, nll_raw, hidden, recon = sums / len(micro_batches)
     metrics = {"step": state.step, "level": level, "loss": loss, "lr": lr, "kl": kl,
                "nll_gist": nll_gist, "nll_raw": nll_raw, "grad_norm": grad_norm}
-    if not np.isnan(hidden):
-        metrics["hidden"] = hidden
+    for name, value in (("hidden", hidden), ("recon", recon)):
+        if not np.isnan(value):
+            metrics[name] = value
     return metrics
 
 

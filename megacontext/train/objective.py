@@ -41,6 +41,7 @@ class Losses:
     nll_raw: torch.Tensor  # (B,)
     nll_drop: torch.Tensor | None  # (B,), when asked for
     hidden: torch.Tensor | None = None  # (B,) relative error of the residual stream, if asked
+    recon: torch.Tensor | None = None  # (B,) NLL of the span's own tokens after its gist, if asked
 
     def recovery(self) -> torch.Tensor:
         assert self.nll_drop is not None
@@ -105,10 +106,11 @@ def gist_batch(gist: GistFn, model: BaseModel, batch: Batch, device: torch.devic
 
 
 def substitution(model: BaseModel, batch: Batch, gists: torch.Tensor, with_drop: bool = False,
-                 states: bool = False) -> Losses:
-    """Per-example KL and NLLs over the continuation (and with `states` the hidden-state
-    term, `Losses.hidden`); gradients reach `gists` when on."""
-    return substitutions(model, batch, [gists], with_drop, states)[0]
+                 states: bool = False, recon: bool = False) -> Losses:
+    """Per-example KL and NLLs over the continuation (with `states` the hidden-state term,
+    `Losses.hidden`; with `recon` the reconstruction term, `Losses.recon`); gradients reach
+    `gists` when on."""
+    return substitutions(model, batch, [gists], with_drop, states, recon)[0]
 
 
 @dataclass
@@ -164,9 +166,11 @@ def reference(model: BaseModel, batch: Batch, with_drop: bool = False, states: b
     return Reference(cache, P, teacher, _nll(teacher, cont), nll_drop, teacher_states)
 
 
-def student(model: BaseModel, batch: Batch, ref: Reference, gists: torch.Tensor) -> Losses:
-    """KL and NLLs with `gists` in place of the spans (and the hidden-state term when `ref`
-    kept the teacher's states); gradients reach `gists` when on."""
+def student(model: BaseModel, batch: Batch, ref: Reference, gists: torch.Tensor,
+            recon: bool = False) -> Losses:
+    """KL and NLLs with `gists` in place of the spans (the hidden-state term when `ref` kept
+    the teacher's states, the reconstruction term with `recon`); gradients reach `gists`
+    when on."""
     embed = model.causal_lm().get_input_embeddings()
     cont = batch.cont.to(model.device)
     student_in = torch.cat([gists.to(model.dtype)[:, None], embed(cont[:, :-1])], 1)
@@ -180,7 +184,28 @@ def student(model: BaseModel, batch: Batch, ref: Reference, gists: torch.Tensor)
     logp = logits.float().log_softmax(-1)
     kl = (ref.teacher.exp() * (ref.teacher - logp)).sum(-1).mean(-1)
     return Losses(kl=kl, nll_gist=_nll(logp, cont), nll_raw=ref.nll_raw, nll_drop=ref.nll_drop,
-                  hidden=hidden)
+                  hidden=hidden, recon=reconstruction(model, batch, ref, gists) if recon else None)
+
+
+def reconstruction(model: BaseModel, batch: Batch, ref: Reference, gists: torch.Tensor
+                   ) -> torch.Tensor:
+    """(B,) mean NLL of each span's own tokens read after its gist: `[prefix][gist][span]`,
+    each span token predicted from the gist and the span tokens before it (teacher forcing).
+    What the gist adds here is what the span says beyond what the base model guesses from
+    its own start: the span's content, asked for directly (the continuation asks for it only
+    through what follows). Gradients reach `gists`."""
+    embed = model.causal_lm().get_input_embeddings()
+    device = model.device
+    lengths = [len(s) for s in batch.spans]
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long, device=device)
+    for i, s in enumerate(batch.spans):  # padding after the end: a causal model never reads it
+        ids[i, : len(s)] = torch.from_numpy(s.astype(np.int64)).to(device)
+    real = torch.arange(ids.shape[1], device=device) < torch.tensor(lengths, device=device)[:, None]
+    inputs = torch.cat([gists.to(model.dtype)[:, None], embed(ids[:, :-1])], 1)
+    logits, cache = model.batch_forward(inputs, ref.cache)
+    model.truncate_cache(cache, ref.prefix_length)
+    nll = -logits.float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
+    return (nll * real).sum(1) / real.sum(1)
 
 
 def state_error(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -192,23 +217,28 @@ def state_error(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def substitutions(model: BaseModel, batch: Batch, candidates: list[torch.Tensor],
-                  with_drop: bool = False, states: bool = False) -> list[Losses]:
+                  with_drop: bool = False, states: bool = False, recon: bool = False
+                  ) -> list[Losses]:
     """`substitution` for several candidate gists of the same spans (e.g. GistNet and a
     baseline), sharing the prefix, teacher and deleted-span passes."""
     ref = reference(model, batch, with_drop, states)
-    return [student(model, batch, ref, gists) for gists in candidates]
+    return [student(model, batch, ref, gists, recon) for gists in candidates]
 
 
 def _nll(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -logp.gather(-1, targets[..., None]).squeeze(-1).mean(-1)
 
 
-def loss_of(losses: Losses, hidden_weight: float = 0.0) -> torch.Tensor:
-    """The training loss: KL + NLL_gist (+ `hidden_weight` × the hidden-state term, when
-    the losses carry it), averaged over the batch."""
+def loss_of(losses: Losses, hidden_weight: float = 0.0, recon_weight: float = 0.0
+            ) -> torch.Tensor:
+    """The training loss: KL + NLL_gist (+ `hidden_weight` × the hidden-state term and
+    `recon_weight` × the reconstruction term, when the losses carry them), averaged over
+    the batch."""
     loss = losses.kl + losses.nll_gist
     if hidden_weight and losses.hidden is not None:
         loss = loss + hidden_weight * losses.hidden
+    if recon_weight and losses.recon is not None:
+        loss = loss + recon_weight * losses.recon
     return loss.mean()
 
 

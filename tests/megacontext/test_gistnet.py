@@ -284,6 +284,61 @@ def test_training_with_the_hidden_state_term_reduces_it(tmp_path: Path) -> None:
     assert np.isfinite(m["loss"]) and m["hidden"] > 0
 
 
+def test_the_reconstruction_term_is_the_spans_nll_read_after_its_gist() -> None:
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 200, size=(3, 4 + 5 + 6))  # prefix 4, span ≤ 5, continuation 6
+    spans = [ids[0, 4:9], ids[1, 4:7], ids[2, 4:5]]  # ragged: padding must not count
+    b = Batch(level=1, prefix=torch.from_numpy(ids[:, :4]), spans=spans,
+              children=[[s] for s in spans], cont=torch.from_numpy(ids[:, 9:]))
+    gists = torch.randn(3, MODEL.dim) * 3.0
+    out = substitution(MODEL, b, gists, recon=True)
+    assert substitution(MODEL, b, gists).recon is None
+    for i, span in enumerate(spans):  # one unbatched pass over [prefix][gist][span] each
+        seq = torch.cat([MODEL.embed(torch.from_numpy(ids[i, :4])), gists[i : i + 1],
+                         MODEL.embed(torch.from_numpy(span[:-1].astype(np.int64)))])
+        logits, _ = MODEL.batch_forward(seq[None])
+        logp = logits[0, 4:].float().log_softmax(-1)
+        want = -logp.gather(-1, torch.from_numpy(span.astype(np.int64))[:, None]).mean()
+        assert abs(float(out.recon[i]) - float(want)) < 1e-4, (i, out.recon[i], want)
+    torch.testing.assert_close(loss_of(out, recon_weight=0.5),
+                               (out.kl + out.nll_gist + 0.5 * out.recon).mean())
+
+
+def test_the_reconstruction_term_trains_the_gist(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 200, size=(3, 4 + 5 + 6))
+    b = Batch(level=1, prefix=torch.from_numpy(ids[:, :4]), spans=list(ids[:, 4:9]),
+              children=[[s] for s in ids[:, 4:9]], cont=torch.from_numpy(ids[:, 9:]))
+    free = (torch.randn(3, MODEL.dim) * 3.0).requires_grad_(True)  # gradients reach the gist
+    optimizer = torch.optim.Adam([free], lr=0.3)
+    before = float(substitution(MODEL, b, free, recon=True).recon.mean())
+    for _ in range(20):
+        optimizer.zero_grad()
+        substitution(MODEL, b, free, recon=True).recon.mean().backward()
+        optimizer.step()
+    assert float(substitution(MODEL, b, free, recon=True).recon.mean()) < before - 0.05
+
+    corpus = build_corpus(_repo(tmp_path), sorted(p.name for p in tmp_path.glob("*.py")), MODEL)
+    rows = candidates(corpus, 1, 16, 8)[:4]
+    after = {}
+    for weight in (0.0, 5.0):  # the trainer: the term in the loss, and what it does there
+        config = _config(tmp_path, recon_weight=weight, out=tmp_path / f"run{weight}")
+        state = new_state(config, MODEL)
+        for _ in range(40):
+            m = train_step(state, config, MODEL, corpus, 1, [rows])
+        if weight:
+            assert abs(m["loss"] - (m["kl"] + m["nll_gist"] + weight * m["recon"])) < 1e-4
+            assert "recon" not in train_step(state, config, MODEL, corpus, 2, [candidates(
+                corpus, 2, 16, 8)[:2]])  # level-2 spans are not reconstructed
+        else:
+            assert "recon" not in m
+        batch = make_batch(corpus, rows, 1, config.prefix, config.horizon)
+        with torch.no_grad():
+            g = gist_batch(state.net.eval(), MODEL, batch, MODEL.device)
+            after[weight] = float(substitution(MODEL, batch, g, recon=True).recon.mean())
+    assert after[5.0] < after[0.0], after
+
+
 def test_a_fresh_run_starts_at_the_best_constant_and_then_learns_content(tmp_path: Path
                                                                          ) -> None:
     corpus = build_corpus(_repo(tmp_path), sorted(p.name for p in tmp_path.glob("*.py")), MODEL)
