@@ -144,6 +144,7 @@ def train(args: argparse.Namespace) -> None:
                          context_pool=args.context_pool,
                          context_pool_every=args.context_pool_every,
                          lr=args.lr, hidden_weight=args.hidden_weight,
+                         recon_weight=args.recon_weight,
                          warmup=args.warmup, eval_every=args.eval_every,
                          eval_examples=args.eval_examples,
                          checkpoint_every=args.checkpoint_every, seed=args.seed,
@@ -167,7 +168,7 @@ def train(args: argparse.Namespace) -> None:
                               for k, v in m.items()}), flush=True)
         elif step % 10 == 0:
             rate = (time.monotonic() - started) / max(1, step - first)
-            hidden = f" hidden {m['hidden']:.4f}" if "hidden" in m else ""
+            hidden = "".join(f" {k} {m[k]:.4f}" for k in ("hidden", "recon") if k in m)
             print(f"step {step}/{total} L{m['level']} loss {m['loss']:.4f} kl {m['kl']:.4f}"
                   f"{hidden} lr {m['lr']:.2e} gn {m['grad_norm']:.2f} {rate:.2f}s/step", flush=True)
 
@@ -212,6 +213,9 @@ def main() -> None:
     t.add_argument("--hidden-weight", type=float, default=defaults.hidden_weight,
                    help="weight of the hidden-state term on single-span steps: the base "
                         "model's residual stream at the continuation, gist against raw span")
+    t.add_argument("--recon-weight", type=float, default=defaults.recon_weight,
+                   help="weight of the reconstruction term on level-1 steps: the NLL of the "
+                        "span's own tokens read after its gist")
     t.add_argument("--context-upper", action="store_true",
                    help="the pool holds whole files: foreign files' roots and folders "
                         "(levels 3-5), as a working context holds them")
