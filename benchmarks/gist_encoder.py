@@ -29,7 +29,14 @@ comparison spends all of its budget where the target is hardest). The arms:
   its gist: besides KL + NLL of the continuation, the NLL of the span's own tokens read
   after the gist (`[prefix][gist][span]`, teacher-forced; `--recon-weight` times it), the
   autoencoding signal ICAE pretrains its memory slots with. It asks whether the gist learns
-  its span's content faster when asked for it directly, not only through what follows.
+  its span's content faster when asked for it directly, not only through what follows;
+- `hK` (e.g. `h16`): the plain shape trained on the first K continuation tokens only
+  (scored, like every arm, on the usual 48). A step then costs less, so with `--arm-batch`
+  it can see more spans in the same time: it asks whether the near continuation carries
+  enough of the signal to make training cheaper per span.
+
+`--arm-batch` sets the level-1 batch of every arm but `plain` (the shared constant is
+always fitted at `--batch`).
 
 Every `--eval-every` steps all are scored on the same held-out stdlib spans (the
 trainer's `evaluate`: recovery of the mean NLLs and the content control). It is a pilot on
@@ -45,6 +52,7 @@ import json
 import sys
 import sysconfig
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +136,9 @@ def main() -> None:
                     help="corpus cache folder (default: mcagent's user cache)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arms", default="plain,llama",
-                    help="comma-separated: plain, llama, readK, hidden, recon")
+                    help="comma-separated: plain, llama, readK, hidden, recon, hK")
+    ap.add_argument("--arm-batch", type=int, default=0,
+                    help="level-1 batch of the arms other than plain (default: --batch)")
     ap.add_argument("--hidden-weight", type=float, default=1.0,
                     help="weight of the hidden-state term in the `hidden` arm")
     ap.add_argument("--recon-weight", type=float, default=1.0,
@@ -141,8 +151,10 @@ def main() -> None:
     arms = args.arms.split(",")
     for arm in arms:
         if arm not in ("plain", "llama", "hidden", "recon") and not (
-                arm.startswith("read") and arm[4:].isdigit()):
-            sys.exit(f"unknown arm {arm!r}: plain, llama, hidden, recon or readK (e.g. read4)")
+                arm.startswith("read") and arm[4:].isdigit()) and not (
+                arm.startswith("h") and arm[1:].isdigit() and 0 < int(arm[1:]) <= 48):
+            sys.exit(f"unknown arm {arm!r}: plain, llama, hidden, recon, readK (e.g. read4) "
+                     "or hK (e.g. h16, K ≤ 48)")
     started = time.monotonic()
     cache = args.cache or Path(platformdirs.user_cache_dir("mcagent"))
     model = load_base_model(ModelConfig(cache_dir=Path(platformdirs.user_cache_dir("mcagent")),
@@ -153,11 +165,15 @@ def main() -> None:
     base = dict(lib=lib, out=cache, steps=args.steps, batch=args.batch, accumulate=1,
                 level2_every=0, lr=args.lr, warmup=10, seed=args.seed,
                 constant_steps=args.constant_steps)
-    configs = {arm: TrainConfig(**base, net={"block": "llama"} if arm == "llama" else {},
-                                hidden_weight=args.hidden_weight if arm == "hidden" else 0.0,
-                                recon_weight=args.recon_weight if arm == "recon" else 0.0)
-               for arm in arms}
     plain = TrainConfig(**base)
+    configs = {arm: replace(plain, net={"block": "llama"} if arm == "llama" else {},
+                            hidden_weight=args.hidden_weight if arm == "hidden" else 0.0,
+                            recon_weight=args.recon_weight if arm == "recon" else 0.0,
+                            horizon=int(arm[1:]) if arm[0] == "h" and arm[1:].isdigit()
+                            else plain.horizon,
+                            batch=args.arm_batch if args.arm_batch and arm != "plain"
+                            else plain.batch)
+               for arm in arms}
     pools = {1: candidates(corpus, 1, plain.prefix, plain.horizon)}
     rng = np.random.default_rng([args.seed, 10**9])
     val = rng.choice(candidates(held, 1, plain.prefix, plain.horizon),
@@ -177,13 +193,14 @@ def main() -> None:
 
     def score(step: int) -> None:
         for name, state in states.items():
-            r = evaluate(state.net, model, held, val, 1, configs[name].prefix,
-                         configs[name].horizon, batch=16)
+            r = evaluate(state.net, model, held, val, 1, plain.prefix, plain.horizon,
+                         batch=16)
             curves[name].append({"step": step, **r})
         print(json.dumps({"step": step, **{f"{n}_{k}": round(c[-1][k], 4) for n, c in
                                             curves.items() for k in ("recovery", "content")}}),
               flush=True)
-        write(curves, params, seconds, args, machine(), time.monotonic() - started)
+        write(curves, params, seconds, {n: c.batch for n, c in configs.items()}, args,
+              machine(), time.monotonic() - started)
 
     score(0)
     first = arms[0]
@@ -205,11 +222,12 @@ def main() -> None:
 
 
 def write(curves: dict[str, list[dict[str, float]]], params: dict[str, int],
-          seconds: dict[str, float], args: argparse.Namespace, machine_text: str,
-          elapsed: float) -> None:
+          seconds: dict[str, float], batches: dict[str, int], args: argparse.Namespace,
+          machine_text: str, elapsed: float) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     arms = list(curves)
     steps = [r["step"] for r in curves[arms[0]]]
+    mixed = len(set(batches.values())) > 1
     lines = [
         "# GistNet encoder pilot: " + " vs ".join(f"`{a}`" for a in arms),
         "",
@@ -219,10 +237,14 @@ def write(curves: dict[str, list[dict[str, float]]], params: dict[str, int],
         f"{args.eval_examples}"
         + (f" --hidden-weight {args.hidden_weight:g}" if "hidden" in arms else "")
         + (f" --recon-weight {args.recon_weight:g}" if "recon" in arms else "")
+        + (f" --arm-batch {args.arm_batch}" if args.arm_batch else "")
         + f" --dtype {args.dtype}"
         + f" --name {args.name}` ({elapsed / 60:.0f} min).",
         "",
         "All start at the same fitted constant and see the same level-1 batches (standard "
+        if not mixed else
+        "All start at the same fitted constant and draw level-1 batches of their own sizes "
+        "(standard "
         f"library training split, 64-token prefix, 48 tokens scored, base model in {args.dtype}). "
         f"Scored on the same {args.eval_examples} held-out stdlib spans: *recovery* of the "
         "mean NLLs, and *content* = recovery − the recovery with another span's gist (0: the "
@@ -232,13 +254,16 @@ def write(curves: dict[str, list[dict[str, float]]], params: dict[str, int],
         + ". Seconds per training step: "
         + ", ".join(f"{a} {_rate(seconds, a, steps)}" for a in arms) + ".",
         "",
-        "| step | spans seen | " + " | ".join(f"{a} recovery" for a in arms) + " | "
+        "| step | spans seen" + (f" ({' / '.join(arms)})" if mixed else "") + " | "
+        + " | ".join(f"{a} recovery" for a in arms) + " | "
         + " | ".join(f"{a} content" for a in arms) + " |",
         "|---|---|" + "---|" * (2 * len(arms)),
     ]
     for i, step in enumerate(steps):
         rows = [curves[a][i] for a in arms]
-        lines.append(f"| {step} | {step * args.batch} | "
+        seen = " / ".join(str(step * batches[a]) for a in arms) if mixed else \
+            str(step * batches[arms[0]])
+        lines.append(f"| {step} | {seen} | "
                      + " | ".join(f"{r['recovery']:.3f}" for r in rows) + " | "
                      + " | ".join(f"{r['content']:.3f}" for r in rows) + " |")
     lines += ["", f"![curves]({args.name}.png)", ""]
