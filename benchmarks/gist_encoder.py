@@ -241,11 +241,12 @@ def write(curves: dict[str, list[dict[str, float]]], params: dict[str, int],
         + f" --dtype {args.dtype}"
         + f" --name {args.name}` ({elapsed / 60:.0f} min).",
         "",
-        "All start at the same fitted constant and see the same level-1 batches (standard "
-        if not mixed else
-        "All start at the same fitted constant and draw level-1 batches of their own sizes "
-        "(standard "
-        f"library training split, 64-token prefix, 48 tokens scored, base model in {args.dtype}). "
+        ("All start at the same fitted constant and see the same level-1 batches (standard "
+         if not mixed else
+         "All start at the same fitted constant and draw level-1 batches of their own sizes "
+         "(standard ")
+        + "library training split, 64-token prefix, 48 tokens scored, base model in "
+        f"{args.dtype}). "
         f"Scored on the same {args.eval_examples} held-out stdlib spans: *recovery* of the "
         "mean NLLs, and *content* = recovery − the recovery with another span's gist (0: the "
         "gists ignore their spans). The arms are described in the script's docstring.",
