@@ -32,7 +32,7 @@ from megacontext.ask import AskConfig, AskSession
 from megacontext.errors import MegaContextError, ModelNotFound
 from megacontext.focus import SCORERS
 from megacontext.gist import GistModel
-from megacontext.gistnet import default_gist_model
+from megacontext.gistnet import default_gist_model, shipped_weights
 from megacontext.indexer import index_repository, pending_changes
 from megacontext.lensnet import default_focus
 from megacontext.store import SessionStore, Store, db_path, sessions_path
@@ -489,10 +489,23 @@ def train_gistnet_command(
     accumulate: Annotated[int, typer.Option(
         min=1, help="Micro-batches per optimiser step (large batches keep gists from "
                     "collapsing to one vector).")] = 4,
+    level2_batch: Annotated[int, typer.Option(
+        min=1, help="Level-2 examples per micro-batch (every 4th step is a level-2 step).")] = 4,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = 1e-4,
+    warmup: Annotated[int, typer.Option(min=0, help="Steps of linear warm-up.")] = 5,
+    init: Annotated[str | None, typer.Option(
+        help="Continue from exported GistNet weights (NAME.safetensors beside NAME.json; "
+             "'shipped': the weights shipped for the base model) with a fresh optimiser, "
+             "instead of a fresh net (a run that has a checkpoint in --out resumes it).")] = None,
     context_every: Annotated[int, typer.Option(
         min=0, help="Every n-th step trains many gists of levels 1-3 in one context against "
                     "the all-raw text (0: never, 1: every step).")] = 0,
+    context_pool: Annotated[int, typer.Option(
+        min=0, help="Context steps take their foreign gists of levels 2-3 from this many runs "
+                    "of groups (0: a few per example), so a context holds a hundred or more, "
+                    "as a working context does.")] = 0,
+    eval_every: Annotated[int, typer.Option(
+        min=1, help="Steps between checks on the held-out packages.")] = 50,
     block: Annotated[str, typer.Option(
         help="Encoder block: plain, or llama (the base model's layer shape, started from "
              "its first layers).")] = "plain",
@@ -513,9 +526,18 @@ def train_gistnet_command(
         lib_dir, base = _training_inputs(lib, model, device, dtype)
         if block not in ("plain", "llama"):
             raise ConfigError(f"--block must be plain or llama, not {block!r}")
+        start = None
+        if init == "shipped":
+            start = shipped_weights(base.id)
+            if start is None:
+                raise ConfigError(f"no GistNet weights ship for {base.id}: pass a file to --init")
+        elif init is not None:
+            start = Path(init).resolve()
         train = TrainConfig(lib=lib_dir.resolve(), out=out_dir.resolve(), steps=steps,
-                            batch=batch, accumulate=accumulate, lr=lr, seed=seed,
-                            context_every=context_every,
+                            batch=batch, accumulate=accumulate, level2_batch=level2_batch,
+                            lr=lr, warmup=warmup, seed=seed, init=start,
+                            context_every=context_every, context_pool=context_pool,
+                            eval_every=eval_every,
                             net={"block": block} if block != "plain" else {})
 
         def report(step: int, total: int, metrics: dict[str, float]) -> None:

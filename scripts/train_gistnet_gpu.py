@@ -62,13 +62,7 @@ import torch
 from megacontext.adapter import ModelConfig, load_base_model
 from megacontext.errors import RunMismatch
 from megacontext.train.data import Corpus, cached_corpus, stdlib_files
-from megacontext.train.gistnet import (
-    TrainConfig,
-    new_state,
-    save_checkpoint,
-    start_from_weights,
-    train_gistnet,
-)
+from megacontext.train.gistnet import TrainConfig, train_gistnet
 
 FIELDS = ("stream", "blocks", "groups", "group_children", "group_blocks")
 
@@ -148,18 +142,10 @@ def train(args: argparse.Namespace) -> None:
                          warmup=args.warmup, eval_every=args.eval_every,
                          eval_examples=args.eval_examples,
                          checkpoint_every=args.checkpoint_every, seed=args.seed,
-                         context_upper=args.context_upper,
+                         context_upper=args.context_upper, init=args.init,
                          net={**({"block": args.block} if args.block != "plain" else {}),
                               **({"levels": args.levels} if args.levels else {})})
     checkpoint = args.out / "checkpoint.pt"
-    if not checkpoint.is_file() and args.init is not None:
-        state = new_state(config, model)
-        try:
-            start_from_weights(state, args.init)
-        except RunMismatch as e:
-            sys.exit(f"error: {e}")
-        args.out.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(state, config, checkpoint)
     started = time.monotonic()
 
     def progress(step: int, total: int, m: dict[str, float]) -> None:
@@ -176,8 +162,11 @@ def train(args: argparse.Namespace) -> None:
              if checkpoint.is_file() else 0)  # else a fresh start at the fitted constant
     print(f"model {model.id} on {model.device} {model.dtype}; resuming at step {first}; "
           f"{len(corpus.blocks)} blocks, {len(corpus.groups)} groups", flush=True)
-    state = train_gistnet(config, model, progress, stop_after=args.seconds,
-                          corpora=(corpus, held), stop_at=args.stop_at)
+    try:
+        state = train_gistnet(config, model, progress, stop_after=args.seconds,
+                              corpora=(corpus, held), stop_at=args.stop_at)
+    except RunMismatch as e:
+        sys.exit(f"error: {e}")
     print(f"stopped at step {state.step} after {time.monotonic() - started:.0f}s", flush=True)
 
 

@@ -98,6 +98,7 @@ class TrainConfig:
     eval_every: int = 50
     eval_examples: int = 48
     net: dict = field(default_factory=dict)  # GistNetConfig overrides (width, layers, …)
+    init: Path | None = None  # a fresh run starts from these exported weights, not the constant
 
 
 @dataclass
@@ -108,6 +109,7 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)  # per step
     evals: list[dict[str, float]] = field(default_factory=list)  # per evaluation
     pool: tuple[int, ForeignPool] | None = None  # (refill number, pool); not checkpointed
+    continues: dict | None = None  # the exported weights a run started from: name, steps, commit
 
 
 CONTENT_SCALE = 100.0  # the constant's norm inside the projection, against which content grows
@@ -140,6 +142,7 @@ def save_checkpoint(state: TrainState, config: TrainConfig, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"net": state.net.state_dict(), "optimizer": state.optimizer.state_dict(),
                 "step": state.step, "history": state.history, "evals": state.evals,
+                "continues": state.continues,
                 "net_config": asdict(state.net.config)}, tmp)
     tmp.replace(path)
 
@@ -152,13 +155,21 @@ def load_checkpoint(state: TrainState, path: Path) -> None:
     state.net.load_state_dict(saved["net"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.step, state.history, state.evals = saved["step"], saved["history"], saved["evals"]
+    state.continues = saved.get("continues")
 
 
-def start_from_weights(state: TrainState, weights: Path) -> None:
+def start_from_weights(state: TrainState, weights: Path, base_id: str | None = None) -> None:
     """Continue a run from exported weights (`save_gistnet`'s files) instead of a fresh
-    start; they must hold a GistNet of this run's shape, save that a run may give it more
-    level embeddings (each new one starts as a copy of its last: the net is unchanged)."""
-    net, _ = load_gistnet(weights, state.net.query.device)
+    start; they must hold a GistNet of this run's shape (trained for `base_id`, when given),
+    save that a run may give it more level embeddings (each new one starts as a copy of its
+    last: the net is unchanged)."""
+    if not (weights.is_file() and weights.with_suffix(".json").is_file()):
+        raise RunMismatch(f"{weights} is not a GistNet's exported weights (NAME.safetensors "
+                          "beside NAME.json)")
+    net, manifest = load_gistnet(weights, state.net.query.device)
+    if base_id is not None and manifest.get("base_model") != base_id:
+        raise RunMismatch(f"{weights} was trained for {manifest.get('base_model')}, not for "
+                          f"{base_id}: start from weights for this base model, or fresh")
     ours = state.net.config
     if replace(net.config, levels=ours.levels) != ours or net.config.levels > ours.levels:
         raise RunMismatch(f"{weights} holds a {net.config.block} GistNet of another shape than "
@@ -169,6 +180,8 @@ def start_from_weights(state: TrainState, weights: Path) -> None:
     extra = table[-1:].expand(ours.levels - len(table), -1)
     weights_now["level_embedding"] = torch.cat([table, extra])
     state.net.load_state_dict(weights_now)
+    state.continues = {"weights": weights.name, "steps": int(manifest.get("steps", 0)),
+                       "commit": manifest.get("commit", "unknown")}
 
 
 def _every(n: int, step: int) -> bool:
@@ -322,6 +335,12 @@ def train_gistnet(config: TrainConfig, model: BaseModel, progress: Progress,
     `corpora` (train, held out) are built from `config.lib` unless given (e.g. carried to a
     machine without the parsers, already built)."""
     started = time.monotonic()
+    state = new_state(config, model)  # first: a run that cannot start fails before the corpora
+    checkpoint = config.out / "checkpoint.pt"
+    if checkpoint.is_file():
+        load_checkpoint(state, checkpoint)
+    elif config.init is not None:
+        start_from_weights(state, config.init, model.id)
     config.out.mkdir(parents=True, exist_ok=True)
     if corpora is None:
         corpus = cached_corpus(config.lib, stdlib_files(config.lib, "train"), model, config.out)
@@ -339,11 +358,7 @@ def train_gistnet(config: TrainConfig, model: BaseModel, progress: Progress,
                                       config.horizon)
     val[CONTEXT] = rng.choice(held_windows, size=min(config.eval_examples // 2,
                                                      len(held_windows)), replace=False)
-    state = new_state(config, model)
-    checkpoint = config.out / "checkpoint.pt"
-    if checkpoint.is_file():
-        load_checkpoint(state, checkpoint)
-    elif config.constant_steps:
+    if not checkpoint.is_file() and config.init is None and config.constant_steps:
         start_at(state.net, fit_constant(config, model, corpus, pools[1]))
 
     def held_out() -> dict[str, float]:
@@ -381,9 +396,11 @@ def train_gistnet(config: TrainConfig, model: BaseModel, progress: Progress,
 def export(state: TrainState, config: TrainConfig, model: BaseModel, corpus: Corpus,
            held: Corpus) -> Path:
     """fp16 weights + manifest in `config.out` (what ships as package data)."""
+    first = state.continues  # the weights this run continued, if any: their steps count too
     manifest = {
         "base_model": model.id,
-        "steps": state.step,
+        "steps": state.step + (first["steps"] if first else 0),
+        **({"continues": first} if first else {}),
         "seed": config.seed,
         "data": {"source": "Python standard library Lib/ (tests and site-packages excluded)",
                  "python_lib": str(config.lib), "train_files": corpus.files,

@@ -3,6 +3,7 @@ learns (on a tiny random base model)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -184,6 +185,32 @@ def test_a_run_continues_exported_weights_of_its_own_shape_only(tmp_path: Path) 
         start_from_weights(llama, path)
     for k, v in llama.net.state_dict().items():
         torch.testing.assert_close(v, before[k])
+
+
+def test_a_run_started_from_weights_counts_their_steps_and_refuses_others(
+        tmp_path: Path) -> None:
+    (tmp_path / "lib" / "json").mkdir(parents=True)
+    lib = _repo(tmp_path / "lib")
+    _repo(lib / "json")  # a held-out package: the validation set
+    first = _config(tmp_path, lib=lib, steps=3, eval_every=100, eval_examples=2)
+    done = train_gistnet(first, MODEL, lambda s, n, m: None)
+    weights = first.out / "gistnet-tiny-random.safetensors"
+    config = _config(tmp_path, lib=lib, out=tmp_path / "more", steps=2, lr=0.0,
+                     eval_every=100, eval_examples=2, init=weights)
+    more = train_gistnet(config, MODEL, lambda s, n, m: None)  # lr 0: still the weights
+    for a, b in zip(more.net.parameters(), done.net.half().float().parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    manifest = json.loads((config.out / "gistnet-tiny-random.json").read_text())
+    assert manifest["steps"] == 3 + 2 and manifest["continues"]["steps"] == 3
+    assert manifest["continues"]["weights"] == weights.name
+    longer = train_gistnet(replace(config, steps=3, init=None), MODEL, lambda s, n, m: None)
+    assert longer.step == 3 and longer.continues == more.continues  # the checkpoint keeps it
+    for bad, match in ((tmp_path / "absent.safetensors", "not a GistNet"),
+                       (save_gistnet(done.net, tmp_path / "w", "gistnet-other",
+                                     {"base_model": "another-model@0"}), "trained for")):
+        with pytest.raises(RunMismatch, match=match):
+            train_gistnet(replace(config, out=tmp_path / "bad", init=bad), MODEL,
+                          lambda s, n, m: None)
 
 
 def test_a_run_may_give_continued_weights_more_level_embeddings(tmp_path: Path) -> None:
