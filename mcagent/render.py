@@ -236,10 +236,14 @@ def _files_tree(files: dict[str, dict[str, int]]) -> Tree:
 
 
 def train_line(step: int, total: int, m: dict[str, float]) -> str:
-    """One line per training step; held-out recovery when the step ran an evaluation."""
-    kind = f"level {int(m['level'])}" if m["level"] else "context"
-    line = (f"step {step}/{total}  {kind}  loss {m['loss']:.3f}  "
-            f"kl {m['kl']:.3f}  nll gist {m['nll_gist']:.3f} raw {m['nll_raw']:.3f}")
+    """One line per training step, held-out recovery when the step ran an evaluation; a line
+    without a step's metrics is the check of where a run starts from."""
+    if "loss" not in m:
+        line = f"step {step}/{total}  start"
+    else:
+        kind = f"level {int(m['level'])}" if m["level"] else "context"
+        line = (f"step {step}/{total}  {kind}  loss {m['loss']:.3f}  "
+                f"kl {m['kl']:.3f}  nll gist {m['nll_gist']:.3f} raw {m['nll_raw']:.3f}")
     if "l1_recovery" in m:
         line += (f"  | held-out recovery L1 {m['l1_recovery']:.3f} L2 {m['l2_recovery']:.3f}"
                  f"  (from content: L1 {m.get('l1_content', float('nan')):+.3f} "

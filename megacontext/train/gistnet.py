@@ -374,7 +374,7 @@ def train_gistnet(config: TrainConfig, model: BaseModel, progress: Progress,
         return result
 
     if not state.evals and state.step < config.steps:
-        held_out()  # where the run starts from
+        progress(state.step, config.steps, held_out())  # where the run starts from
     while state.step < config.steps:
         level, micro_batches = step_batch(config, corpus, pools, state.step)
         metrics = train_step(state, config, model, corpus, level, micro_batches)

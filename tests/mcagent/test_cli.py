@@ -163,3 +163,5 @@ def test_a_training_line_names_context_steps_and_their_held_out_score() -> None:
     assert "level 2" in train_line(5, 10, {**step, "level": 2})
     held = {"l1_recovery": 0.5, "l2_recovery": 0.3, "ctx_recovery": -0.1}
     assert "in context -0.100" in train_line(5, 10, {**step, **held})
+    start = train_line(0, 10, {"step": 0, **held})  # the check before the first step
+    assert start.startswith("step 0/10  start") and "loss" not in start and "L1" in start

@@ -453,7 +453,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path: Path) -> None:
                      checkpoint_every=2, level2_every=2)
     seen: list[int] = []
     state = train_gistnet(config, MODEL, lambda s, n, m: seen.append(s))
-    assert seen == [1, 2, 3, 4] and state.step == 4
+    assert seen == [0, 1, 2, 3, 4] and state.step == 4  # 0: the check where it starts
     assert (config.out / "checkpoint.pt").is_file()
     assert (config.out / "gistnet-tiny-random.safetensors").is_file()
     again = new_state(config, MODEL)
