@@ -22,7 +22,8 @@ carries `.gpu/a` and keeps the first part (`mkdir -p /tmp/parts && cp .gpu/a/par
 installs both wheels with `pip install --no-index --no-deps --target /tmp/site`, puts
 /tmp/site and the checkout on PYTHONPATH and runs `train`, copying `gistnet-*` and
 `history.json` from --out to $OUT. Later calls on the same machine resume from the
-checkpoint in --out.
+checkpoint in --out. `scripts/device_gistnet.sh` is those calls' command (`keep`, then
+`train ARGS`).
 
 GistNet f0e0dacd continued 80da8824 this way on one H100: `--batch 64 --accumulate 4
 --level2-batch 16 --lr 3e-4 --warmup 50 --eval-every 100 --steps 1800`, about 0.8 s per
