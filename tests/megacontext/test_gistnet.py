@@ -196,7 +196,8 @@ def test_a_run_started_from_weights_counts_their_steps_and_refuses_others(
     done = train_gistnet(first, MODEL, lambda s, n, m: None)
     weights = first.out / "gistnet-tiny-random.safetensors"
     config = _config(tmp_path, lib=lib, out=tmp_path / "more", steps=2, lr=0.0,
-                     eval_every=100, eval_examples=2, init=weights)
+                     eval_every=100, eval_examples=2, init=weights, constant_steps=5,
+                     constant_lr=0.05)  # the weights replace the fitted constant's start
     more = train_gistnet(config, MODEL, lambda s, n, m: None)  # lr 0: still the weights
     for a, b in zip(more.net.parameters(), done.net.half().float().parameters(), strict=True):
         torch.testing.assert_close(a, b)
