@@ -22,7 +22,8 @@ examples. Each median comes with a 95% bootstrap interval (examples resampled), 
 target's verdict says when the target lies inside it: the sample cannot then tell met from
 not met. Per-example recovery is widely spread (on held-out stdlib at level 1 its quartiles
 are about 0.3 and 1.0), so the median needs hundreds of examples: two draws of 160 and 96
-spans from the same pool gave 0.49 and 0.71; the defaults draw 640 and 432. Tables split the
+spans from the same pool gave 0.49 and 0.71; the defaults draw 640 and 432, each level
+from its own random stream (so `--n1 0` draws the same level-2 groups). Tables split the
 median by how much the spans are worth and by what they are (code, or literal data: rows of
 strings and numbers such as generated tables, which examples drawn uniformly over a
 package's blocks meet as often as the package holds them), and every example's NLLs go to a
@@ -106,10 +107,11 @@ def main() -> None:
     context: dict[str, dict[str, list[float]]] = {}
     for d, (name, (root, paths)) in enumerate(datasets.items()):
         corpus = cached_corpus(root, paths, model, cache / "eval-corpora")
-        rng = np.random.default_rng([args.seed, d])
         for level, n, batch in ((1, args.n1, 8), (2, args.n2, 2)):
             if not n:
                 continue
+            # one stream per level: a level's draw does not depend on the other's count
+            rng = np.random.default_rng([args.seed, d] if level == 1 else [args.seed, d, level])
             pool = candidates(corpus, level, PREFIX, HORIZON)
             picked = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
             out = rows.setdefault((name, level), {k: [] for k in
