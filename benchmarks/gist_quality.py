@@ -36,7 +36,10 @@ raw prefix, a window of 20 blocks laid out as raw blocks and gists of levels 1â€
 gists of other places in the same code between the pieces (levels 2â€“3 of them built on a
 pool of level-1 gists), and 48 continuation tokens; the NLL over every raw token after the
 first gist is measured all raw, with the gists (GistNet; mean-pool), and with every gist
-deleted. In-context recovery below 0 means the gists do worse than no gists at all.
+deleted. In-context recovery below 0 means the gists do worse than no gists at all. The same
+windows and layouts are also scored with the window's own gists alone (the foreign ones
+deleted), which separates what the gists of the code around the continuation do from what
+gists of other places among them do.
 """
 
 from __future__ import annotations
@@ -156,6 +159,7 @@ def in_context(net: object, meanpool: object, model: object, corpus: object, n: 
     import torch
 
     from megacontext.train.objective import (
+        ContextBatch,
         context_candidates,
         context_losses,
         foreign_pool,
@@ -168,7 +172,8 @@ def in_context(net: object, meanpool: object, model: object, corpus: object, n: 
     pool_seed = int(rng.integers(2**31))
     pools = {m: foreign_pool(g, model, corpus, np.random.default_rng(pool_seed), CTX_POOL,
                              model.device) for m, g in (("gistnet", net), ("meanpool", meanpool))}
-    out: dict[str, list[float]] = {k: [] for k in ("raw", "drop", "gistnet", "meanpool")}
+    out: dict[str, list[float]] = {k: [] for k in ("raw", "drop", "gistnet", "meanpool",
+                                                   "own_raw", "own_drop", "own_gistnet")}
     for lo in range(0, len(picked), batch):
         seed = int(rng.integers(2**31))
         with torch.no_grad():
@@ -176,12 +181,22 @@ def in_context(net: object, meanpool: object, model: object, corpus: object, n: 
                 cb = make_context_batch(corpus, picked[lo : lo + batch], CTX_BLOCKS, CTX_PREFIX,
                                         CTX_HORIZON, np.random.default_rng(seed), CTX_FOREIGN,
                                         pools[m])
-                r = context_losses(model, cb, gist_pieces(g, model, cb, model.device),
-                                   with_drop=m == "gistnet")
+                vectors = gist_pieces(g, model, cb, model.device)
+                r = context_losses(model, cb, vectors, with_drop=m == "gistnet")
                 out[m] += r.nll_gist.tolist()
                 if m == "gistnet":
                     out["raw"] += r.nll_raw.tolist()
                     out["drop"] += r.nll_drop.tolist()
+                    # the same windows and layouts without the foreign gists (theirs are the
+                    # tokens after the text): scored on every raw token after the first own gist
+                    own = ContextBatch(cb.tokens, [[p for p in pieces if p.lo < end] for
+                                                   pieces, (_, end) in zip(cb.pieces, cb.cont,
+                                                                           strict=True)],
+                                       cb.cont, cb.fixed)
+                    r = context_losses(model, own, vectors, with_drop=True)
+                    out["own_raw"] += r.nll_raw.tolist()
+                    out["own_drop"] += r.nll_drop.tolist()
+                    out["own_gistnet"] += r.nll_gist.tolist()
     return out
 
 
@@ -369,6 +384,24 @@ def context_section(context: dict[str, dict[str, list[float]]]) -> list[str]:
             f"| {np.mean(r['gistnet']):.3f} | {mp[0]:.2f} / {mp[1]:.2f} "
             f"| **{gn[0]:.2f}** [{lo:.2f}, {hi:.2f}] / {gn[1]:.2f} "
             f"| {worse} of {len(r['raw'])} |")
+    if all("own_gistnet" in r and r["own_gistnet"] for r in context.values()):
+        lines += ["", "The same windows and layouts with only the window's own gists (the foreign "
+                  "ones deleted; every raw token after the first own gist scored): what the "
+                  "gists of the code around the continuation do without gists of other places "
+                  "among them.", "",
+                  "| data | windows (gists help) | NLL raw | NLL drop | NLL GistNet "
+                  "| **recovery GistNet: median** / of means | GistNet worse than drop on |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in context.items():
+            own = {"raw": r["own_raw"], "drop": r["own_drop"], "gistnet": r["own_gistnet"]}
+            gn = recovery(own, "gistnet")
+            lo, hi = median_interval(per_example(own, "gistnet"))
+            worse = int((np.asarray(own["gistnet"]) > np.asarray(own["drop"])).sum())
+            lines.append(
+                f"| {name} | {len(own['raw'])} ({gn[2]}) | {np.mean(own['raw']):.3f} "
+                f"| {np.mean(own['drop']):.3f} | {np.mean(own['gistnet']):.3f} "
+                f"| **{gn[0]:.2f}** [{lo:.2f}, {hi:.2f}] / {gn[1]:.2f} "
+                f"| {worse} of {len(own['raw'])} |")
     return lines
 
 
