@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import focus_pairs
+from benchmarks import focus_pairs, gist_pairs
 from benchmarks.gist_quality import (
     BENEFIT_BINS,
     context_section,
@@ -100,6 +100,32 @@ def test_focus_runs_pair_task_for_task(tmp_path: Path, monkeypatch: pytest.Monke
     assert "| `ref` | ref; no opening |" in text
     # differences +0.5, -0.5, +1.0: mean +0.333, median +0.5, worse on 2 of 3
     assert "| `new` | 66.7% | 2.333 | +0.333 [" in text and "| +0.500 | 2/3 |" in text
+
+
+def test_gist_pairs_pair_only_the_same_examples(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(name: str, gist: list[float], drop: list[float], own: list[float] | None) -> None:
+        row = {"data": "d", "level": 1, "raw": [1.0, 1.0, 1.0], "drop": drop, "gistnet": gist}
+        ctx = {"data": "d", "level": "context", "raw": [1.0, 1.0], "drop": drop[1:],
+               "gistnet": gist[:2]}
+        if own is not None:
+            ctx |= {"own_raw": [1.0, 1.0], "own_drop": [3.0, 3.0], "own_gistnet": own}
+        (tmp_path / f"{name}.json").write_text(json.dumps([row, ctx]))
+        (tmp_path / f"{name}.md").write_text(f"GistNet: `{name}.safetensors` — 9 steps; more\n")
+
+    run("ref", [1.5, 1.5, 1.5], [2.0, 2.0, 2.0], [2.0, 2.0])
+    run("new", [1.0, 1.75, 1.25], [2.0, 2.0, 2.0], [1.5, 2.5])
+    run("other", [1.0, 1.0, 1.0], [2.0, 2.5, 2.0], None)  # other spans: never paired
+    monkeypatch.setattr(gist_pairs, "RESULTS", tmp_path)
+    text = "\n".join(gist_pairs.compare(["ref", "new", "other"]))
+    assert "| `new` | `new.safetensors` — 9 steps |" in text
+    # level 1: differences -0.5, +0.25, -0.25 (mean -0.167), better on 2 of 3
+    level1 = text.split("## d, level 1")[1].split("##")[0]
+    assert "| `new` | 0.75 [" in level1 and "| -0.167 [" in level1 and "| 2 of 3 |" in level1
+    assert "`other`" not in level1
+    own = text.split("## d, context, own gists only")[1]
+    assert "| `new` | 0.50 [" in own and "| +0.000 [" in own and "| 1 of 2 |" in own
+    assert "No examples in common with the reference (another seed or count): `other`." in text
 
 
 def test_split_gist_model_takes_levels_from_3_up_from_the_upper_one() -> None:
