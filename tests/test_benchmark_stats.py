@@ -173,6 +173,9 @@ def test_in_context_scores_both_gist_kinds_on_the_same_layouts(tmp_path: Path) -
     other = in_context(g, MeanPoolGist(MODEL.token_norm), MODEL, corpus, 3,
                        np.random.default_rng(0))
     assert other["gistnet"] == same["gistnet"] and other["meanpool"] != same["gistnet"]
+    # own gists only: the same windows without the foreign gists score otherwise
+    assert len(same["own_gistnet"]) == len(same["own_drop"]) == 3
+    assert same["own_gistnet"] != same["gistnet"] and same["own_gistnet"] != same["own_raw"]
 
 
 def test_the_context_table_counts_windows_worse_than_no_gists() -> None:
@@ -181,6 +184,11 @@ def test_the_context_table_counts_windows_worse_than_no_gists() -> None:
     row = next(line for line in context_section({"code": r}) if line.startswith("| code"))
     assert "| 4 (3) |" in row  # the last window's gists cannot help (0.005 nats)
     assert "**0.50**" in row and "| 2 of 4 |" in row  # recoveries 0.5, -0.5, 1.0
+    assert not any("own gists" in line for line in context_section({"code": r}))
+    r |= {"own_raw": [1.0, 1.0], "own_drop": [3.0, 2.0], "own_gistnet": [1.5, 2.5]}
+    lines = context_section({"code": r})
+    own = [line for line in lines if line.startswith("| code")][1]
+    assert "| 2 (2) |" in own and "**0.12**" in own and "| 1 of 2 |" in own  # 0.75, -0.5
 
 
 def test_gist_harm_arms_change_only_the_gists() -> None:
