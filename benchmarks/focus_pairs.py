@@ -22,6 +22,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -104,17 +105,23 @@ def compare(names: list[str]) -> list[str]:
     return [*lines, ""]
 
 
-def main() -> None:
+def pairs_main(compare: Callable[[list[str]], list[str]], source: str, default: str) -> None:
+    """The command line of a pairs script: compare the named `source` runs (the first is the
+    reference) and write benchmarks/results/NAME.md."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("runs", nargs="+", help="focus_quality result names; the first is the "
+    ap.add_argument("runs", nargs="+", help=f"{source} result names; the first is the "
                     "reference")
-    ap.add_argument("--name", default="focus_pairs", help="results file stem")
+    ap.add_argument("--name", default=default, help="results file stem")
     args = ap.parse_args()
     if len(args.runs) < 2:
         sys.exit("error: name a reference run and at least one run to compare with it")
     lines = compare(args.runs)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def main() -> None:
+    pairs_main(compare, "focus_quality", "focus_pairs")
 
 
 if __name__ == "__main__":

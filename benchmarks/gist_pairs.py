@@ -18,7 +18,6 @@ Writes benchmarks/results/NAME.md. Reads only results; runs no model.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.focus_pairs import mean_interval  # noqa: E402
+from benchmarks.focus_pairs import mean_interval, pairs_main  # noqa: E402
 from benchmarks.gist_quality import median_interval, per_example  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -107,16 +106,7 @@ def compare(names: list[str]) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("runs", nargs="+", help="gist_quality result names; the first is the "
-                    "reference")
-    ap.add_argument("--name", default="gist_pairs", help="results file stem")
-    args = ap.parse_args()
-    if len(args.runs) < 2:
-        sys.exit("error: name a reference run and at least one run to compare with it")
-    lines = compare(args.runs)
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    pairs_main(compare, "gist_quality", "gist_pairs")
 
 
 if __name__ == "__main__":

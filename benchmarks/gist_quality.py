@@ -375,15 +375,7 @@ def context_section(context: dict[str, dict[str, list[float]]]) -> list[str]:
              "| recovery mean-pool: median / of means | **recovery GistNet: median** / of "
              "means | GistNet worse than drop on |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in context.items():
-        mp, gn = recovery(r, "meanpool"), recovery(r, "gistnet")
-        lo, hi = median_interval(per_example(r, "gistnet"))
-        worse = int((np.asarray(r["gistnet"]) > np.asarray(r["drop"])).sum())
-        lines.append(
-            f"| {name} | {len(r['raw'])} ({gn[2]}) | {np.mean(r['raw']):.3f} "
-            f"| {np.mean(r['drop']):.3f} | {np.mean(r['meanpool']):.3f} "
-            f"| {np.mean(r['gistnet']):.3f} | {mp[0]:.2f} / {mp[1]:.2f} "
-            f"| **{gn[0]:.2f}** [{lo:.2f}, {hi:.2f}] / {gn[1]:.2f} "
-            f"| {worse} of {len(r['raw'])} |")
+        lines.append(_context_row(name, r, with_meanpool=True))
     if all("own_gistnet" in r and r["own_gistnet"] for r in context.values()):
         lines += ["", "The same windows and layouts with only the window's own gists (the foreign "
                   "ones deleted; every raw token after the first own gist scored): what the "
@@ -394,15 +386,25 @@ def context_section(context: dict[str, dict[str, list[float]]]) -> list[str]:
                   "|---|---|---|---|---|---|---|"]
         for name, r in context.items():
             own = {"raw": r["own_raw"], "drop": r["own_drop"], "gistnet": r["own_gistnet"]}
-            gn = recovery(own, "gistnet")
-            lo, hi = median_interval(per_example(own, "gistnet"))
-            worse = int((np.asarray(own["gistnet"]) > np.asarray(own["drop"])).sum())
-            lines.append(
-                f"| {name} | {len(own['raw'])} ({gn[2]}) | {np.mean(own['raw']):.3f} "
-                f"| {np.mean(own['drop']):.3f} | {np.mean(own['gistnet']):.3f} "
-                f"| **{gn[0]:.2f}** [{lo:.2f}, {hi:.2f}] / {gn[1]:.2f} "
-                f"| {worse} of {len(own['raw'])} |")
+            lines.append(_context_row(name, own, with_meanpool=False))
     return lines
+
+
+def _context_row(name: str, r: dict[str, list[float]], with_meanpool: bool) -> str:
+    """One dataset's row of an in-context table (the mean-pool columns when asked)."""
+    gn = recovery(r, "gistnet")
+    lo, hi = median_interval(per_example(r, "gistnet"))
+    worse = int((np.asarray(r["gistnet"]) > np.asarray(r["drop"])).sum())
+    cells = [f"{len(r['raw'])} ({gn[2]})", f"{np.mean(r['raw']):.3f}",
+             f"{np.mean(r['drop']):.3f}"]
+    if with_meanpool:
+        mp = recovery(r, "meanpool")
+        cells += [f"{np.mean(r['meanpool']):.3f}", f"{np.mean(r['gistnet']):.3f}",
+                  f"{mp[0]:.2f} / {mp[1]:.2f}"]
+    else:
+        cells.append(f"{np.mean(r['gistnet']):.3f}")
+    cells += [f"**{gn[0]:.2f}** [{lo:.2f}, {hi:.2f}] / {gn[1]:.2f}", f"{worse} of {len(r['raw'])}"]
+    return f"| {name} | " + " | ".join(cells) + " |"
 
 
 def plot(rows: dict, path: Path) -> None:
