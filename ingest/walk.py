@@ -21,12 +21,16 @@ import pathspec
 
 from ingest.errors import NotADirectory, UnreadableFileError
 
-# Folders that hold other people's code or build output, skipped wherever they appear.
+# Folders that hold other people's code, skipped wherever they appear.
 VENDORED_DIRS = frozenset({
     "node_modules", "bower_components", "vendor", "third_party", ".venv", "site-packages",
+    ".eggs",
+})
+# Folders of build output, tool caches and editor state, skipped wherever they appear.
+BUILD_DIRS = frozenset({
     "dist", "build", "target", "__pycache__", ".tox", ".nox",
     ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis", ".idea", ".vscode",
-    ".gradle", ".next", ".nuxt", ".cache", ".eggs",
+    ".gradle", ".next", ".nuxt", ".cache",
 })
 # Names that are virtual environments only when they hold one (the stdlib has a `venv` package).
 MAYBE_VENV_DIRS = frozenset({"venv", "env", "virtualenv"})
@@ -59,6 +63,7 @@ class Skip:
     """Reasons a file is not indexed (the strings are what summaries show)."""
 
     VENDORED = "vendored"
+    BUILD = "build-or-cache"
     SECRET = "secret"
     SYMLINK = "symlink-outside"
     TOO_LARGE = "too-large"
@@ -281,6 +286,8 @@ def _path_rule(rel: str, venvs: frozenset[str] = frozenset()) -> str | None:
         return Skip.VENDORED
     if venvs and any("/".join(parts[: i + 1]) in venvs for i in range(len(folders))):
         return Skip.VENDORED
+    if not BUILD_DIRS.isdisjoint(folders):
+        return Skip.BUILD
     if _SECRET_RE.match(parts[-1]):
         return Skip.SECRET
     if _GENERATED_RE.match(parts[-1]):

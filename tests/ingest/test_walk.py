@@ -59,6 +59,8 @@ def test_skip_rules_and_reasons(tmp_path: Path) -> None:
         ".venv/lib/site.py": "v\n",
         "venv/__init__.py": "a real package named venv\n",
         "pkg.egg-info/PKG-INFO": "meta\n",
+        "pkg/__pycache__/mod.cpython-311.pyc": "bytecode\n",
+        "dist/pkg-1.0.tar.gz": "archive\n",
         ".env": "TOKEN=1\n",
         ".env.local": "TOKEN=2\n",
         "keys/id_rsa": "-----BEGIN-----\n",
@@ -85,6 +87,7 @@ def test_skip_rules_and_reasons(tmp_path: Path) -> None:
     assert result.skipped == {
         "node_modules/lib/index.js": Skip.VENDORED, ".venv/lib/site.py": Skip.VENDORED,
         ".venv/pyvenv.cfg": Skip.VENDORED, "pkg.egg-info/PKG-INFO": Skip.VENDORED,
+        "pkg/__pycache__/mod.cpython-311.pyc": Skip.BUILD, "dist/pkg-1.0.tar.gz": Skip.BUILD,
         ".env": Skip.SECRET, ".env.local": Skip.SECRET, "keys/id_rsa": Skip.SECRET,
         "certs/server.pem": Skip.SECRET, "package-lock.json": Skip.MINIFIED,
         "app.min.js": Skip.MINIFIED, "big.txt": Skip.TOO_LARGE, "link.txt": Skip.SYMLINK,
