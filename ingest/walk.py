@@ -43,10 +43,13 @@ SECRET_PATTERNS = (
     "credentials", "credentials.*", "*credentials.json", "secrets.json", "secrets.yaml",
     "secrets.yml", "service-account*.json", ".htpasswd",
 )
-GENERATED_PATTERNS = (
-    "*.min.js", "*.min.css", "*.map", "package-lock.json", "yarn.lock", "pnpm-lock.yaml",
-    "poetry.lock", "Cargo.lock", "uv.lock", "Pipfile.lock", "composer.lock", "go.sum",
-)
+GENERATED_PATTERNS = ("*.min.js", "*.min.css", "*.map")
+# Package managers' pinned dependency lists: generated, and no help in answering questions.
+LOCKFILE_NAMES = frozenset({
+    "package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml", "bun.lockb",
+    "poetry.lock", "Cargo.lock", "uv.lock", "Pipfile.lock", "pdm.lock", "composer.lock",
+    "Gemfile.lock", "go.sum", "flake.lock", "mix.lock", "pubspec.lock", "Package.resolved",
+})
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Skip:
     BINARY = "binary"
     UNDECODABLE = "not-utf8"
     MINIFIED = "minified"
+    LOCKFILE = "lockfile"
     MISSING = "missing"  # listed by git but gone from the work tree: not counted
 
 
@@ -290,6 +294,8 @@ def _path_rule(rel: str, venvs: frozenset[str] = frozenset()) -> str | None:
         return Skip.BUILD
     if _SECRET_RE.match(parts[-1]):
         return Skip.SECRET
+    if parts[-1] in LOCKFILE_NAMES:
+        return Skip.LOCKFILE
     if _GENERATED_RE.match(parts[-1]):
         return Skip.MINIFIED
     return None

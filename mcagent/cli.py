@@ -304,8 +304,9 @@ def _watch_events(as_json: bool) -> Callable[[dict], None]:
     return emit
 
 
-class ReviewTimeout(Exception):
-    """`mcagent review --timeout` ran out."""
+class ReviewTimeout(BaseException):
+    """`mcagent review --timeout` ran out. A BaseException, as KeyboardInterrupt is, so the
+    `except Exception` of library code the alarm lands in cannot swallow it."""
 
 
 @app.command()
@@ -386,15 +387,18 @@ def _timed_review(settings: Settings, files: list, budget: int | None, focus: st
                   timeout: float | None) -> ReviewResult | None:
     """The review, or None (after saying why) when the model cannot load or time runs out:
     the tool itself never blocks a commit."""
-    expired = False
+    expired = finished = False
 
     def expire(*_: object) -> None:
         nonlocal expired
+        if finished:  # landed between the review's end and the timer's reset: keep the review
+            return
         expired = True
         raise ReviewTimeout
 
+    previous = None
     if timeout is not None:
-        signal.signal(signal.SIGALRM, expire)
+        previous = signal.signal(signal.SIGALRM, expire)
         signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         try:
@@ -412,9 +416,11 @@ def _timed_review(settings: Settings, files: list, budget: int | None, focus: st
             session = AskSession(store, base_model, settings.root.name,
                                  AskConfig(budget=budget, focus=focus))
         system = prompts.render("review_system", repository=settings.root.name)
-        return run_review(session, files, system, model_policy(ReviewConfig().max_tokens),
-                          ReviewConfig(budget=budget))
-    except Exception as e:
+        result = run_review(session, files, system, model_policy(ReviewConfig().max_tokens),
+                            ReviewConfig(budget=budget))
+        finished = True
+        return result
+    except (Exception, ReviewTimeout) as e:
         # The alarm may land inside native code (a DuckDB query) that turns it into an
         # error of its own ("Query interrupted"): after the alarm, any error is the timeout.
         if not (isinstance(e, ReviewTimeout) or expired):
@@ -424,6 +430,7 @@ def _timed_review(settings: Settings, files: list, budget: int | None, focus: st
     finally:
         if timeout is not None:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
 
 
 def _secrets() -> list[str]:

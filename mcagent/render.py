@@ -47,7 +47,8 @@ def status_report(console: Console, status: dict) -> None:
     console.print(f"  focus       {status['focus']}")
     if status["last_run"]:
         run = status["last_run"]
-        console.print(f"  last index  {run['finished_at']} ({run['seconds']:.1f} s)")
+        finished = str(run["finished_at"]).split(".")[0]  # to the second
+        console.print(f"  last index  {finished} ({run['seconds']:.1f} s)")
     _summary_tables(console, s["files"], s["tokens"], s["files_by_language"], s["skipped"],
                     s["nodes_by_level"])
     changes = status["changes"]

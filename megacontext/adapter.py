@@ -13,10 +13,12 @@ rest of the network; `causal_lm()` loads the whole model on first use.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata as metadata
 import inspect
+import io
 import json
 import shutil
 import tempfile
@@ -464,8 +466,10 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".convert-"))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # transformers draws its GGUF conversion bar with tqdm directly, past the switch above.
+        with contextlib.redirect_stderr(io.StringIO()):
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # save_pretrained refuses a model that still looks quantised; it is plain fp32 now.
         lm.hf_quantizer = None
         if hasattr(lm.config, "quantization_config"):

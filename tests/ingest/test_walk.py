@@ -66,6 +66,8 @@ def test_skip_rules_and_reasons(tmp_path: Path) -> None:
         "keys/id_rsa": "-----BEGIN-----\n",
         "certs/server.pem": "-----BEGIN-----\n",
         "package-lock.json": "{}\n",
+        "crates/core/Cargo.lock": "# lock\n",
+        "app.js.map": "{}\n",
         "app.min.js": "var a=1;\n",
     }
     for rel, text in files.items():
@@ -89,7 +91,8 @@ def test_skip_rules_and_reasons(tmp_path: Path) -> None:
         ".venv/pyvenv.cfg": Skip.VENDORED, "pkg.egg-info/PKG-INFO": Skip.VENDORED,
         "pkg/__pycache__/mod.cpython-311.pyc": Skip.BUILD, "dist/pkg-1.0.tar.gz": Skip.BUILD,
         ".env": Skip.SECRET, ".env.local": Skip.SECRET, "keys/id_rsa": Skip.SECRET,
-        "certs/server.pem": Skip.SECRET, "package-lock.json": Skip.MINIFIED,
+        "certs/server.pem": Skip.SECRET, "package-lock.json": Skip.LOCKFILE,
+        "crates/core/Cargo.lock": Skip.LOCKFILE, "app.js.map": Skip.MINIFIED,
         "app.min.js": Skip.MINIFIED, "big.txt": Skip.TOO_LARGE, "link.txt": Skip.SYMLINK,
     }
 
