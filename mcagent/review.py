@@ -6,7 +6,8 @@ code it names come into full resolution) → assemble → findings decoded under
 (each on a line the diff shows of a changed file; severities the three levels) → checks.
 A finding on a line the diff shows may become an inline comment; one elsewhere in a
 changed file (a policy not held to the schema) is kept for the summary; one past the end
-of its file, and one repeating an earlier finding's message, are dropped with a note.
+of its file, one repeating an earlier finding's message, and one whose message only echoes
+the prompt's own words (a small model's habit), are dropped with a note.
 
 The change is untrusted input (a pull request's author wrote it): it reaches the model as
 data between markers, the prompt says to treat it so, the tools behind a review are none,
@@ -85,7 +86,7 @@ def review(session: AskSession, files: list[FileDiff], system: str, generate: Ge
     text = generate(wc, findings_schema(result.files, config))
     timings["generate"] = time.perf_counter() - t
     result.tokens = {"context": wc.length, "budget": config.budget, "entries": len(entries)}
-    _check(session, text, result)
+    _check(session, text, result, _said(system + "\n" + USER_TEMPLATE))
     return result
 
 
@@ -132,8 +133,14 @@ def _change_text(session: AskSession, result: ReviewResult, config: ReviewConfig
     return "\n".join(parts)
 
 
-def _check(session: AskSession, text: str, result: ReviewResult) -> None:
-    """Keep findings on real lines of changed files; note what was dropped."""
+def _said(text: str) -> str:
+    """Text as findings are compared: lower case, one space, no closing punctuation."""
+    return " ".join(text.lower().split()).rstrip(" .:;!")
+
+
+def _check(session: AskSession, text: str, result: ReviewResult, prompt: str) -> None:
+    """Keep findings on real lines of changed files; note what was dropped (`prompt`: the
+    instructions' own words, which a finding that only echoes them repeats)."""
     try:
         items = json.loads(text)["findings"]
     except (json.JSONDecodeError, KeyError, TypeError):
@@ -153,10 +160,11 @@ def _check(session: AskSession, text: str, result: ReviewResult) -> None:
             continue
         finding = Finding(path, line, item.get("severity", "info"),
                           str(item.get("message", "")).strip(), item.get("suggestion"))
-        said = " ".join(finding.message.lower().split())
-        if not said or said in seen:
+        said = _said(finding.message)
+        if not said or said in seen or said in prompt:
             result.dropped.append(f"{path}:{line}: " + (
-                "repeats an earlier finding" if said else "says nothing"))
+                "says nothing" if not said else "repeats an earlier finding"
+                if said in seen else "only echoes the prompt"))
             continue
         seen.add(said)
         result.findings.append(finding)

@@ -106,10 +106,12 @@ def test_a_reply_that_is_not_findings_and_repeats_are_dropped_with_a_note(
     assert result.findings == [] and result.dropped[0].startswith("the model's reply was not")
     again = {"path": "calc.py", "line": 5, "severity": "error", "message": "Wrong  Mean."}
     twice = {"findings": [{**again, "line": 4, "message": "wrong mean."}, again,
-                          {**again, "message": "  "}]}
+                          {**again, "message": "  "}, {**again, "message": "The change to review:"},
+                          {**again, "line": 6, "message": "Review the change."}]}
     result = review(session, files, "system", Scripted(twice), ReviewConfig(budget=1024))
-    assert [f.line for f in result.findings] == [4]
-    assert result.dropped == ["calc.py:5: repeats an earlier finding", "calc.py:5: says nothing"]
+    assert [f.line for f in result.findings] == [4, 6]
+    assert result.dropped == ["calc.py:5: repeats an earlier finding", "calc.py:5: says nothing",
+                              "calc.py:5: only echoes the prompt"]
 
 
 def test_the_schema_lets_the_real_model_write_findings(feature: Path,
