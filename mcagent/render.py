@@ -42,8 +42,8 @@ def status_report(console: Console, status: dict) -> None:
     s = status["index"]
     console.print(f"[bold]Index[/] {status['database']}")
     console.print(f"  base model  {status['base_model']}")
-    console.print(f"  gist model  {status['gist_model_description']}  "
-                  f"[dim]({status['gist_model']})[/]")
+    gist = status["gist_model_description"].replace(f", base {status['base_model']})", ")")
+    console.print(f"  gist model  {gist}  [dim]({status['gist_model']})[/]")
     console.print(f"  focus       {status['focus']}")
     if status["last_run"]:
         run = status["last_run"]

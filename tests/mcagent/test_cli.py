@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,9 @@ def test_index_then_status(code_repo: Path) -> None:
     (code_repo / "main.py").write_text("print('changed')\n")
     text = run("status", str(code_repo))
     assert text.exit_code == 0 and "1 file(s) changed" in text.stdout and "main.py" in text.stdout
+    # the base model is named once, on its own line; the last index to the second
+    assert re.search(r"gist model +GistNet [0-9a-f]{8} \(\d+ steps\) ", text.stdout), text.stdout
+    assert re.search(r"last index +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(", text.stdout)
 
 
 def test_index_human_report(code_repo: Path) -> None:
