@@ -18,7 +18,6 @@ import functools
 import hashlib
 import importlib.metadata as metadata
 import inspect
-import io
 import json
 import shutil
 import tempfile
@@ -466,8 +465,7 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".convert-"))
     try:
-        # transformers draws its GGUF conversion bar with tqdm directly, past the switch above.
-        with contextlib.redirect_stderr(io.StringIO()):
+        with _quiet_gguf_bar():
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # save_pretrained refuses a model that still looks quantised; it is plain fp32 now.
@@ -484,6 +482,26 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _quiet_gguf_bar() -> Iterator[None]:
+    """transformers draws its GGUF conversion bar with tqdm itself, past its own progress-bar
+    switch; it would cut through the CLI's status line. Quieted where the name is found."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def _load_tokenizer(folder: Path) -> Tokenizer:
