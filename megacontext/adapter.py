@@ -491,17 +491,15 @@ def _quiet_gguf_bar() -> Iterator[None]:
     try:
         from transformers import modeling_gguf_pytorch_utils as gguf_utils
     except ImportError:
-        yield
-        return
+        gguf_utils = None
     bar = getattr(gguf_utils, "tqdm", None)
-    if bar is None:
-        yield
-        return
-    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
-        gguf_utils.tqdm = bar
+        if bar is not None:
+            gguf_utils.tqdm = bar
 
 
 def _load_tokenizer(folder: Path) -> Tokenizer:

@@ -39,3 +39,14 @@ def test_cached_load_is_the_same_model(real_model: BaseModel) -> None:
 def test_missing_model_folder(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound, match="not found"):
         load_base_model(ModelConfig(name=str(tmp_path / "no-such-model"), cache_dir=tmp_path))
+
+
+def test_the_gguf_conversion_bar_is_quiet_only_while_converting() -> None:
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from megacontext.adapter import _quiet_gguf_bar
+
+    bar = gguf_utils.tqdm
+    with _quiet_gguf_bar():
+        assert gguf_utils.tqdm([1, 2]).disable
+    assert gguf_utils.tqdm is bar  # restored after the conversion
